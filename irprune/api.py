@@ -1,0 +1,245 @@
+"""The Python API: ``irprune.prune(model, target_flops=0.5, ...) -> Result``.
+
+The pipeline: import -> analysis (channel groups, cost model) -> importance -> allocation ->
+rewrite -> emit -> verify (checker, strict shape inference, onnxruntime run) -> report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from irprune import report as rep
+from irprune.emit import atomic_write, to_model, verify
+from irprune.emit.verify import random_inputs, session
+from irprune.errors import CalibrationError, UsageError
+from irprune.frontends.onnx import import_model, load_model
+from irprune.ir import Graph
+from irprune.passes.allocation import STRATEGIES, Plan, Target, allocate
+from irprune.passes.analysis.channels import ChannelAnalysis, analyze
+from irprune.passes.analysis.cost import CostModel, build_cost_model
+from irprune.passes.importance import CRITERIA, score
+from irprune.passes.rewrite.drop import drop
+
+log = logging.getLogger(__name__)
+
+REWRITES = ("drop",)
+DEFAULT_ROUND_TO = 8
+DEFAULT_MAX_PRUNE = 0.9
+
+
+@dataclass
+class Result:
+    model: onnx.ModelProto
+    report: dict[str, Any]
+    analysis: ChannelAnalysis = field(repr=False)
+    plan: Plan | None = field(default=None, repr=False)
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write(self.model, path)
+
+    def to_torch(self) -> Any:
+        raise NotImplementedError("the torch backend is not available in this version")
+
+
+@dataclass
+class _Timer:
+    times: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.times[name] = self.times.get(name, 0.0) + now - since
+        return now
+
+
+def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
+    """Arrays keyed by graph input name, batch on axis 0, checked against the model's inputs."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{path}: not a readable .npz file ({exc})") from exc
+    inputs = {v.name: v for v in graph.inputs if not v.is_const}
+    if set(arrays) != set(inputs):
+        raise CalibrationError(
+            f"{path}: arrays {sorted(arrays)} do not match the model inputs {sorted(inputs)}"
+        )
+    for name, arr in arrays.items():
+        shape = inputs[name].shape or ()
+        if arr.ndim != len(shape) or any(
+            isinstance(d, int) and d != s for d, s in zip(shape[1:], arr.shape[1:], strict=True)
+        ):
+            raise CalibrationError(f"{path}: {name!r} has shape {arr.shape}, model expects {shape}")
+    return arrays
+
+
+def _target(target_flops: float | None, target_params: float | None) -> Target:
+    if (target_flops is None) == (target_params is None):
+        raise UsageError("give exactly one of target_flops / target_params")
+    metric, value = (
+        ("macs", target_flops) if target_flops is not None else ("params", target_params)
+    )
+    assert value is not None
+    if not 0 < value <= 1:
+        raise UsageError(f"target must be in (0, 1], got {value:g}")
+    return Target(metric, float(value))
+
+
+def _resolve_ignore(
+    graph: Graph, analysis: ChannelAnalysis, ignore: Iterable[str | int]
+) -> set[int]:
+    """Group ids to leave alone: given as a group id or the name of a node in the group."""
+    out: set[int] = set()
+    for item in ignore:
+        text = str(item)
+        if text.isdigit() and int(text) < len(analysis.groups):
+            out.add(int(text))
+            continue
+        hits = {g.id for g in analysis.groups for s in g.sources if s.node == text}
+        node = next((n for n in graph.nodes if n.name == text), None)
+        if node is not None:
+            names = {v.name for v in (*node.inputs, *node.outputs) if v is not None}
+            hits |= {g.id for g in analysis.groups for m in g.members if m.value in names}
+        if not hits:
+            raise UsageError(f"--ignore {text!r}: no such node or group")
+        out |= hits
+    return out
+
+
+def prune(
+    model: str | Path | onnx.ModelProto,
+    *,
+    target_flops: float | None = None,
+    target_params: float | None = None,
+    criterion: str = "l1",
+    strategy: str = "global",
+    rewrite: str = "drop",
+    calib: str | Path | Mapping[str, np.ndarray] | None = None,
+    round_to: int = DEFAULT_ROUND_TO,
+    ignore: Iterable[str | int] = (),
+    max_prune: float = DEFAULT_MAX_PRUNE,
+    seed: int = 0,
+    dry_run: bool = False,
+    measure_latency: bool = True,
+    latency_threads: int = 1,
+) -> Result:
+    """Prune ``model`` to the target and return the verified result (nothing is written)."""
+    target = _target(target_flops, target_params)
+    _check_choice("criterion", criterion, CRITERIA)
+    _check_choice("strategy", strategy, STRATEGIES)
+    _check_choice("rewrite", rewrite, REWRITES)
+    if round_to < 1 or not 0 < max_prune <= 1:
+        raise UsageError("round_to must be >= 1 and max_prune in (0, 1]")
+    timer = _Timer()
+    t = time.perf_counter()
+    original = load_model(model)
+    graph = import_model(original)
+    t = timer.lap("load", t)
+    analysis = analyze(graph)
+    cost = build_cost_model(graph, analysis)
+    t = timer.lap("analysis", t)
+    scores = score(graph, analysis, criterion, seed=seed)
+    t = timer.lap("importance", t)
+    skip = _resolve_ignore(graph, analysis, ignore)
+    plan = allocate(
+        analysis,
+        cost,
+        scores,
+        target,
+        strategy=strategy,
+        round_to=round_to,
+        max_prune=max_prune,
+        ignore=skip,
+    )
+    t = timer.lap("allocation", t)
+    settings = dict(
+        criterion=criterion,
+        strategy=strategy,
+        rewrite=rewrite,
+        round_to=round_to,
+        max_prune=max_prune,
+        seed=seed,
+        ignore=sorted(skip),
+    )
+    if dry_run:
+        report = _report(analysis, cost, plan, target, settings, timer)
+        return Result(original, report, analysis, plan)
+    feeds = _feeds(original, graph, calib, seed)
+    drop(graph, analysis, plan)
+    graph.verify()
+    t = timer.lap("rewrite", t)
+    pruned = to_model(graph)
+    t = timer.lap("emit", t)
+    outputs = verify(pruned, feeds)
+    t = timer.lap("verify", t)
+    reference = session(original).run(None, feeds)
+    report = _report(analysis, cost, plan, target, settings, timer)
+    report["fidelity"] = rep.fidelity(reference, outputs)
+    report["fidelity_inputs"] = "calibration data" if calib is not None else "random inputs"
+    if measure_latency:
+        report["latency"] = rep.latency(original, pruned, feeds, threads=latency_threads)
+    timer.lap("measure", t)
+    return Result(pruned, report, analysis, plan)
+
+
+def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+
+
+def _feeds(original: onnx.ModelProto, graph: Graph, calib: Any, seed: int) -> dict[str, np.ndarray]:
+    if calib is None:
+        return random_inputs(session(original), batch=4, seed=seed)
+    if isinstance(calib, Mapping):
+        return {k: np.asarray(v) for k, v in calib.items()}
+    return load_calibration(calib, graph)
+
+
+def _report(
+    analysis: ChannelAnalysis,
+    cost: CostModel,
+    plan: Plan,
+    target: Target,
+    settings: dict[str, Any],
+    timer: _Timer,
+) -> dict[str, Any]:
+    before, after = cost.evaluate(), cost.evaluate(plan.widths)
+    groups = [
+        {
+            "id": g.id,
+            "size": g.size,
+            "kept": int(plan.widths[g.id]),
+            "sources": [s.node for s in g.sources],
+            "members": len(g.members),
+            "frozen": list(g.frozen),
+        }
+        for g in analysis.groups
+    ]
+    return {
+        "target": {"metric": target.metric, "fraction": target.fraction},
+        "settings": settings,
+        "cost": {
+            "before": vars(before),
+            "after": vars(after),
+            "ratio": vars(after.ratio(before)),
+            "prunable_macs_share": prunable_share(analysis, cost),
+        },
+        "groups": groups,
+        "timings_s": dict(timer.times),
+    }
+
+
+def prunable_share(analysis: ChannelAnalysis, cost: CostModel) -> float:
+    """The fraction of MACs that depends on at least one prunable group."""
+    total = cost.macs_at(cost.base_widths)
+    w = cost.base_widths.copy()
+    for g in analysis.prunable:
+        w[g.id] = 0.0
+    return 1.0 - cost.macs_at(w) / total if total else 0.0

@@ -1,0 +1,101 @@
+"""IR graph -> ``onnx.ModelProto``.
+
+The model template saved by the frontend supplies everything outside the main graph, graph inputs
+and outputs are written from their original ValueInfoProto (names, dtypes, symbolic dims, doc
+strings kept) unless a pass changed their shape, and every other value's shape goes into
+value_info so downstream tools need not re-infer it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from irprune.ir import Graph, Node, Opaque, Value
+
+DEFAULT_IR_VERSION = 10  # onnxruntime 1.31 loads IR versions up to 13; onnx 1.23 stamps 14
+
+
+def to_model(graph: Graph) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    template = graph.meta.get("template")
+    if template:
+        model.ParseFromString(template)
+    else:
+        model.ir_version = DEFAULT_IR_VERSION
+        for domain, version in graph.opset_imports.items():
+            model.opset_import.append(helper.make_opsetid(domain, version))
+    model.graph.CopyFrom(_graph_proto(graph))
+    return model
+
+
+def _graph_proto(graph: Graph) -> onnx.GraphProto:
+    io: dict[str, bytes] = graph.meta.get("io", {})
+    inits = [
+        numpy_helper.from_array(np.asarray(v.const), v.name)
+        for v in graph.constants()
+        if v.uses or graph.is_graph_output(v) or v in graph.inputs
+    ]
+    boundary = {id(v) for v in (*graph.inputs, *graph.outputs)}
+    value_info = [
+        _value_info(v)
+        for v in graph.values.values()
+        if not v.is_const and id(v) not in boundary and v.shape is not None and v.dtype
+    ]
+    proto = helper.make_graph(
+        nodes=[_node_proto(n) for n in graph.nodes],
+        name=graph.name,
+        inputs=[_boundary_info(v, io) for v in graph.inputs],
+        outputs=[_boundary_info(v, io) for v in graph.outputs],
+        initializer=inits,
+        doc_string=graph.meta.get("graph_doc") or None,
+        value_info=value_info,
+    )
+    return proto
+
+
+def _value_info(v: Value) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(v.name, v.dtype, list(v.shape or ()))
+
+
+def _boundary_info(v: Value, io: dict[str, bytes]) -> onnx.ValueInfoProto:
+    original = io.get(v.name)
+    if original is not None:
+        vi = onnx.ValueInfoProto.FromString(original)
+        if not v.is_const or _declared_shape(vi) == tuple(v.const.shape):
+            return vi
+    if v.is_const:
+        return helper.make_tensor_value_info(v.name, v.dtype, list(v.const.shape))
+    if v.shape is None:
+        raise ValueError(f"graph boundary value {v.name!r} has no known type")
+    return _value_info(v)
+
+
+def _declared_shape(vi: onnx.ValueInfoProto) -> tuple[Any, ...]:
+    dims = vi.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims)
+
+
+def _node_proto(node: Node) -> onnx.NodeProto:
+    proto = helper.make_node(
+        node.op_type,
+        inputs=[v.name if v is not None else "" for v in node.inputs],
+        outputs=[v.name for v in node.outputs],
+        name=node.name or None,
+        domain=node.domain or None,
+        doc_string=node.doc_string or None,
+    )
+    for key, value in node.attrs.items():
+        proto.attribute.append(_attr_proto(key, value))
+    return proto
+
+
+def _attr_proto(key: str, value: Any) -> onnx.AttributeProto:
+    if isinstance(value, Opaque):
+        return onnx.AttributeProto.FromString(value.data)
+    if isinstance(value, np.ndarray):
+        return helper.make_attribute(key, numpy_helper.from_array(value))
+    return helper.make_attribute(key, value)

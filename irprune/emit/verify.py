@@ -1,0 +1,106 @@
+"""Verify a model before it is written, and write it atomically.
+
+A model is written only after ``onnx.checker`` (full check), strict ONNX shape inference and an
+onnxruntime session run all pass. The write goes to a temporary file in the destination folder,
+is flushed to disk, then renamed over the destination.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from irprune.errors import VerificationError
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def session(
+    model: onnx.ModelProto | bytes, *, threads: int = 1, optimize: bool = False
+) -> ort.InferenceSession:
+    """An onnxruntime CPU session; graph optimizations off unless asked (for exact comparisons)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def random_inputs(
+    sess: ort.InferenceSession, *, batch: int = 1, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Seeded random feeds for every input: symbolic dims become ``batch``."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for inp in sess.get_inputs():
+        dtype = _ORT_TYPES.get(inp.type)
+        if dtype is None:
+            raise VerificationError(f"input {inp.name!r} has unsupported type {inp.type}")
+        shape = [d if isinstance(d, int) and d > 0 else batch for d in inp.shape]
+        if np.issubdtype(dtype, np.floating):
+            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[inp.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[inp.name] = rng.integers(0, 8, shape).astype(dtype)
+    return feeds
+
+
+def verify(
+    model: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | None = None
+) -> list[np.ndarray]:
+    """Check, infer and run ``model``; return its outputs on ``feeds`` (random when None)."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise VerificationError(f"onnx.checker rejected the rewritten model: {exc}") from exc
+    try:
+        onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        raise VerificationError(f"shape inference failed on the rewritten model: {exc}") from exc
+    try:
+        sess = session(model)
+        run_feeds = dict(feeds) if feeds is not None else random_inputs(sess)
+        return list(sess.run(None, run_feeds))
+    except Exception as exc:  # onnxruntime raises its own untyped exceptions
+        raise VerificationError(f"onnxruntime could not run the rewritten model: {exc}") from exc
+
+
+def atomic_write(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Serialize ``model`` to ``path`` via a temporary file and rename; never a partial file."""
+    path = Path(path)
+    data = model.SerializeToString()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("wrote %s (%d bytes)", path, len(data))
+    return path

@@ -1,0 +1,43 @@
+"""The exception types irprune raises. The CLI turns each into a one-line message and an exit code."""
+
+from __future__ import annotations
+
+
+class IrpruneError(Exception):
+    """Base class: a problem we can explain to the user in one line."""
+
+    exit_code = 1
+
+
+class UsageError(IrpruneError):
+    """Bad arguments: a target outside (0, 1], an unknown criterion, a missing file."""
+
+    exit_code = 2
+
+
+class InvalidModelError(IrpruneError):
+    """The input is not a model we can read (not ONNX, truncated, inconsistent)."""
+
+    exit_code = 3
+
+
+class CalibrationError(UsageError):
+    """A calibration file whose names, dtypes or shapes do not match the model's inputs."""
+
+
+class TargetError(IrpruneError):
+    """The requested budget cannot be met; the message says what blocked it."""
+
+    exit_code = 4
+
+
+class VerificationError(IrpruneError):
+    """The rewritten model failed the checker, shape inference or onnxruntime: nothing written."""
+
+    exit_code = 5
+
+
+class IRError(IrpruneError):
+    """An IR invariant was violated (a bug in a pass, never the user's fault)."""
+
+    exit_code = 70

@@ -1,0 +1,1 @@
+"""Frontends: each turns a model from somewhere into an IR graph."""

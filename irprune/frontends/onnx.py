@@ -1,0 +1,286 @@
+"""ONNX frontend: a file or ``onnx.ModelProto`` -> IR graph.
+
+What the IR does not model is kept so the emitter can write it back unchanged: everything outside
+the main graph (opsets, functions, metadata) travels in a template ModelProto with the graph
+cleared; graph inputs and outputs keep their original ValueInfoProto; attributes the IR does not
+interpret (subgraphs, tensors, sparse tensors, type protos) stay serialized in ``Opaque``.
+
+``Constant`` nodes become constant values (emitted as initializers), so every pass sees weights
+and shape tensors the same way. Shape inference runs on a skeleton of the model in which large
+initializers are replaced by typed graph inputs, so importing never copies the weights twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from irprune.errors import InvalidModelError, UsageError
+from irprune.ir import Graph, Node, Opaque, Shape, Value
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_OPSETS = range(7, 24)
+_SKELETON_MAX_BYTES = 4096  # initializers up to this size stay in the shape-inference skeleton
+
+_SIMPLE_ATTRS = {
+    onnx.AttributeProto.FLOAT,
+    onnx.AttributeProto.INT,
+    onnx.AttributeProto.STRING,
+    onnx.AttributeProto.FLOATS,
+    onnx.AttributeProto.INTS,
+    onnx.AttributeProto.STRINGS,
+}
+
+
+def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """Read a model file (with its external data) or pass a ModelProto through, with clear errors."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise InvalidModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
+    except OSError as exc:
+        raise InvalidModelError(f"{path}: cannot read external data ({_first_line(exc)})") from exc
+    if not model.HasField("graph") or not model.graph.node:
+        raise InvalidModelError(f"{path}: not an ONNX model (no graph nodes)")
+    return model
+
+
+def import_model(source: str | Path | onnx.ModelProto) -> Graph:
+    """Load and convert a model to the IR, with inferred shapes on every value we can."""
+    model = load_model(source)
+    _check_opsets(model)
+    inferred = _infer_shapes(model)
+    return _Importer(model, inferred).run()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_opsets(model: onnx.ModelProto) -> None:
+    default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if not default:
+        raise InvalidModelError("model declares no default-domain opset")
+    if default[0] not in SUPPORTED_OPSETS:
+        raise InvalidModelError(
+            f"opset {default[0]} is outside the supported range "
+            f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
+        )
+
+
+def _infer_shapes(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Types of every value shape inference can reach, computed on a weight-free skeleton."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(_without_initializers(model))
+    graph_inputs = {i.name for i in model.graph.input}
+    for init in model.graph.initializer:
+        if _tensor_nbytes(init) <= _SKELETON_MAX_BYTES:
+            skeleton.graph.initializer.append(init)
+        elif init.name not in graph_inputs:
+            vi = onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+            skeleton.graph.input.append(vi)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        log.warning("shape inference failed, continuing with declared shapes: %s", exc)
+        inferred = skeleton
+    types: dict[str, onnx.TypeProto] = {}
+    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        types[vi.name] = vi.type
+    return types
+
+
+def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    stripped = onnx.ModelProto()
+    inits = list(model.graph.initializer)
+    model.graph.ClearField("initializer")
+    try:
+        stripped.CopyFrom(model)
+    finally:
+        model.graph.initializer.extend(inits)
+    return stripped
+
+
+def _tensor_nbytes(t: onnx.TensorProto) -> int:
+    count = int(np.prod(t.dims)) if t.dims else 1
+    return count * 8
+
+
+def tensor_shape(tp: onnx.TypeProto) -> tuple[int, Shape | None]:
+    """(element type, shape) of a tensor type; (0, None) for non-tensor types."""
+    if not tp.HasField("tensor_type"):
+        return 0, None
+    tt = tp.tensor_type
+    if not tt.HasField("shape"):
+        return tt.elem_type, None
+    dims: list[int | str | None] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tt.elem_type, tuple(dims)
+
+
+class _Importer:
+    def __init__(self, model: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> None:
+        self.model = model
+        self.types = types
+        self.graph = Graph(name=model.graph.name)
+
+    def run(self) -> Graph:
+        g, mg = self.graph, self.model.graph
+        for opset in self.model.opset_import:
+            g.opset_imports["" if opset.domain == "ai.onnx" else opset.domain] = opset.version
+        g.meta["template"] = _template(self.model)
+        g.meta["io"] = {vi.name: vi.SerializeToString() for vi in (*mg.input, *mg.output)}
+        g.meta["graph_doc"] = mg.doc_string
+        if mg.sparse_initializer:
+            raise InvalidModelError("sparse initializers are not supported")
+        for init in mg.initializer:
+            self._add_const(init.name, _to_array(init), init.data_type)
+        for vi in mg.input:
+            existing = g.values.get(vi.name)
+            if existing is None:
+                dtype, shape = tensor_shape(vi.type)
+                existing = g.add_value(Value(vi.name, dtype, shape))
+            g.inputs.append(existing)
+        for node in mg.node:
+            self._add_node(node)
+        for vi in mg.output:
+            if vi.name not in g.values:
+                raise InvalidModelError(f"graph output {vi.name!r} is never produced")
+            g.outputs.append(g.values[vi.name])
+        return g
+
+    def _add_const(self, name: str, array: np.ndarray, dtype: int) -> Value:
+        if name in self.graph.values:
+            raise InvalidModelError(f"value {name!r} is defined twice")
+        return self.graph.add_value(Value(name, dtype, tuple(array.shape), const=array))
+
+    def _value(self, name: str) -> Value | None:
+        if not name:
+            return None
+        value = self.graph.values.get(name)
+        if value is None:
+            raise InvalidModelError(f"value {name!r} is used before it is defined")
+        return value
+
+    def _add_node(self, proto: onnx.NodeProto) -> None:
+        if proto.op_type == "Constant" and proto.domain in ("", "ai.onnx"):
+            if proto.output[0] not in {o.name for o in self.model.graph.output}:
+                array = _constant_value(proto)
+                self._add_const(proto.output[0], array, _np_to_onnx(array.dtype))
+                return
+        inputs = tuple(self._value(n) for n in proto.input)
+        outputs = []
+        for name in proto.output:
+            if not name:
+                name = self.graph.unique_name(f"{proto.name or proto.op_type}_unused")
+            if name in self.graph.values:
+                raise InvalidModelError(f"value {name!r} is defined twice")
+            dtype, shape = tensor_shape(self.types[name]) if name in self.types else (0, None)
+            outputs.append(self.graph.add_value(Value(name, dtype, shape)))
+        attrs: dict[str, Any] = {}
+        implicit: list[Value] = []
+        for a in proto.attribute:
+            attrs[a.name] = _attr_value(a)
+            for sub in _subgraphs(a):
+                implicit += [v for n in _outer_names(sub) if (v := self.graph.values.get(n))]
+        node = Node(
+            op_type=proto.op_type,
+            domain=proto.domain,
+            name=proto.name,
+            attrs=attrs,
+            inputs=inputs,
+            outputs=tuple(outputs),
+            implicit_inputs=tuple({id(v): v for v in implicit}.values()),
+            doc_string=proto.doc_string,
+        )
+        self.graph.add_node(node)
+
+
+def _template(model: onnx.ModelProto) -> bytes:
+    graph = model.graph
+    model.ClearField("graph")
+    try:
+        return model.SerializeToString()
+    finally:
+        model.graph.CopyFrom(graph)
+
+
+def _to_array(t: onnx.TensorProto) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError, OSError) as exc:
+        raise InvalidModelError(
+            f"initializer {t.name!r} is unreadable ({_first_line(exc)})"
+        ) from exc
+
+
+def _np_to_onnx(dtype: np.dtype) -> int:
+    return onnx.helper.np_dtype_to_tensor_dtype(dtype)
+
+
+def _constant_value(proto: onnx.NodeProto) -> np.ndarray:
+    (attr,) = proto.attribute
+    kind = attr.type
+    if kind == onnx.AttributeProto.TENSOR:
+        return _to_array(attr.t)
+    if kind == onnx.AttributeProto.FLOAT:
+        return np.array(attr.f, dtype=np.float32)
+    if kind == onnx.AttributeProto.FLOATS:
+        return np.array(list(attr.floats), dtype=np.float32)
+    if kind == onnx.AttributeProto.INT:
+        return np.array(attr.i, dtype=np.int64)
+    if kind == onnx.AttributeProto.INTS:
+        return np.array(list(attr.ints), dtype=np.int64)
+    if kind == onnx.AttributeProto.STRING:
+        return np.array(attr.s, dtype=object)
+    if kind == onnx.AttributeProto.STRINGS:
+        return np.array(list(attr.strings), dtype=object)
+    raise InvalidModelError(f"Constant node {proto.name!r} has an unsupported {attr.name} value")
+
+
+def _attr_value(a: onnx.AttributeProto) -> Any:
+    if a.type in _SIMPLE_ATTRS and not a.ref_attr_name:
+        value = onnx.helper.get_attribute_value(a)
+        if not isinstance(value, list) or value:
+            return value
+    return Opaque(onnx.AttributeProto.AttributeType.Name(a.type), a.SerializeToString())
+
+
+def _subgraphs(a: onnx.AttributeProto) -> list[onnx.GraphProto]:
+    if a.type == onnx.AttributeProto.GRAPH:
+        return [a.g]
+    if a.type == onnx.AttributeProto.GRAPHS:
+        return list(a.graphs)
+    return []
+
+
+def _outer_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph (recursively) reads from enclosing scopes."""
+    local = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    local |= {o for n in graph.node for o in n.output}
+    used: set[str] = {i for n in graph.node for i in n.input if i}
+    used |= {o.name for o in graph.output}
+    for n in graph.node:
+        for a in n.attribute:
+            for sub in _subgraphs(a):
+                used |= _outer_names(sub)
+    return used - local

@@ -1,0 +1,249 @@
+"""A small framework-neutral graph IR.
+
+Values carry a name, an element type (the ONNX TensorProto code, a plain int), a shape (ints for
+static dims, strings for symbolic dims, None for unknown ones) and, for constants, their data as a
+numpy array. Nodes carry an op type, a domain, attributes and ordered input/output values.
+
+Use-def links live in exactly one place: ``Value.uses`` and ``Value.producer`` are only changed by
+the ``Graph`` methods below. Node inputs are a tuple so they cannot be edited behind the graph's
+back. Removal checks everything before changing anything.
+
+This module imports neither onnx nor torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from irprune.errors import IRError
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+
+@dataclass(frozen=True)
+class Opaque:
+    """An attribute value the IR does not interpret (subgraphs, sparse tensors, type protos).
+
+    ``kind`` names the attribute type; ``data`` is whatever the frontend needs to emit it again.
+    """
+
+    kind: str
+    data: Any
+
+
+@dataclass(eq=False)
+class Value:
+    """One tensor: a graph input, an initializer (``const`` set), or a node output."""
+
+    name: str
+    dtype: int = 0
+    shape: Shape | None = None
+    const: np.ndarray | None = None
+    producer: Node | None = field(default=None, repr=False)
+    uses: list[tuple[Node, int]] = field(default_factory=list, repr=False)
+
+    @property
+    def is_const(self) -> bool:
+        return self.const is not None
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+    def static_dim(self, axis: int) -> int | None:
+        """The size of ``axis`` when it is a known integer."""
+        if self.shape is None or not -len(self.shape) <= axis < len(self.shape):
+            return None
+        dim = self.shape[axis]
+        return dim if isinstance(dim, int) else None
+
+    def __repr__(self) -> str:
+        kind = "const" if self.is_const else "value"
+        return f"<{kind} {self.name!r} {self.shape}>"
+
+
+@dataclass(eq=False)
+class Node:
+    """One operator application. ``implicit_inputs`` are outer-scope values read by subgraphs."""
+
+    op_type: str
+    domain: str = ""
+    name: str = ""
+    attrs: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[Value | None, ...] = ()
+    outputs: tuple[Value, ...] = ()
+    implicit_inputs: tuple[Value, ...] = ()
+    doc_string: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The (domain, op type) key of the op rule table; the default domain is ''."""
+        return ("" if self.domain == "ai.onnx" else self.domain, self.op_type)
+
+    def input(self, i: int) -> Value | None:
+        return self.inputs[i] if i < len(self.inputs) else None
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+    def __repr__(self) -> str:
+        return f"<node {self.op_type} {self.name!r}>"
+
+
+@dataclass
+class Graph:
+    """Nodes in topological order, graph inputs/outputs, and every value by name."""
+
+    name: str = "graph"
+    inputs: list[Value] = field(default_factory=list)
+    outputs: list[Value] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+    values: dict[str, Value] = field(default_factory=dict)
+    opset_imports: dict[str, int] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # --- construction -------------------------------------------------------------------------
+    def add_value(self, value: Value) -> Value:
+        if value.name in self.values:
+            raise IRError(f"duplicate value name {value.name!r}")
+        self.values[value.name] = value
+        return value
+
+    def add_node(self, node: Node, *, index: int | None = None) -> Node:
+        """Append (or insert at ``index``) a node whose inputs and outputs are already values."""
+        for out in node.outputs:
+            if out.producer is not None:
+                raise IRError(f"value {out.name!r} already produced by {out.producer!r}")
+            if self.values.get(out.name) is not out:
+                raise IRError(f"output {out.name!r} is not a value of this graph")
+        for v in (*node.inputs, *node.implicit_inputs):
+            if v is not None and self.values.get(v.name) is not v:
+                raise IRError(f"input {v.name!r} of {node!r} is not a value of this graph")
+        for out in node.outputs:
+            out.producer = node
+        self._link(node)
+        if index is None:
+            self.nodes.append(node)
+        else:
+            self.nodes.insert(index, node)
+        return node
+
+    # --- the one place where use-def links change ---------------------------------------------
+    def _link(self, node: Node) -> None:
+        for i, v in enumerate(node.inputs):
+            if v is not None:
+                v.uses.append((node, i))
+        for v in node.implicit_inputs:
+            v.uses.append((node, -1))
+
+    def _unlink(self, node: Node) -> None:
+        for v in {
+            id(v): v for v in (*node.inputs, *node.implicit_inputs) if v is not None
+        }.values():
+            v.uses = [(n, i) for n, i in v.uses if n is not node]
+
+    def set_input(self, node: Node, index: int, value: Value | None) -> None:
+        """Rewire input ``index`` of ``node`` to ``value``."""
+        if value is not None and self.values.get(value.name) is not value:
+            raise IRError(f"{value.name!r} is not a value of this graph")
+        old = node.inputs[index]
+        if old is not None:
+            old.uses.remove((node, index))
+        node.inputs = (*node.inputs[:index], value, *node.inputs[index + 1 :])
+        if value is not None:
+            value.uses.append((node, index))
+
+    def replace_all_uses(self, old: Value, new: Value) -> None:
+        """Every reader of ``old`` (nodes and graph outputs) reads ``new`` instead."""
+        for node, i in list(old.uses):
+            if i < 0:
+                raise IRError(f"{old.name!r} is read implicitly by a subgraph of {node!r}")
+            self.set_input(node, i, new)
+        self.outputs = [new if v is old else v for v in self.outputs]
+
+    def remove_node(self, node: Node) -> None:
+        """Remove a node whose outputs are unused; checks everything before changing anything."""
+        if node not in self.nodes:
+            raise IRError(f"{node!r} is not in the graph")
+        for out in node.outputs:
+            if out.uses:
+                raise IRError(f"cannot remove {node!r}: {out.name!r} is still used")
+            if out in self.outputs:
+                raise IRError(f"cannot remove {node!r}: {out.name!r} is a graph output")
+        self._unlink(node)
+        self.nodes.remove(node)
+        for out in node.outputs:
+            out.producer = None
+            del self.values[out.name]
+
+    def remove_unused_constants(self) -> int:
+        """Drop initializers nobody reads; returns how many were removed."""
+        dead = [
+            v
+            for v in self.values.values()
+            if v.is_const and not v.uses and v not in self.outputs and v not in self.inputs
+        ]
+        for v in dead:
+            del self.values[v.name]
+        return len(dead)
+
+    # --- queries --------------------------------------------------------------------------------
+    def constants(self) -> Iterator[Value]:
+        return (v for v in self.values.values() if v.is_const and v.producer is None)
+
+    def is_graph_output(self, value: Value) -> bool:
+        return any(v is value for v in self.outputs)
+
+    def unique_name(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.values:
+            k += 1
+            name = f"{base}_{k}"
+        return name
+
+    def consumers(self, value: Value) -> Iterable[Node]:
+        seen: set[int] = set()
+        for node, _ in value.uses:
+            if id(node) not in seen:
+                seen.add(id(node))
+                yield node
+
+    # --- invariants -----------------------------------------------------------------------------
+    def verify(self) -> None:
+        """Check the IR invariants; raise IRError on the first violation."""
+        defined: set[int] = {id(v) for v in self.inputs}
+        defined |= {id(v) for v in self.values.values() if v.is_const}
+        expected_uses: dict[int, list[tuple[int, int]]] = {}
+        for pos, node in enumerate(self.nodes):
+            for i, v in [*enumerate(node.inputs), *((-1, v) for v in node.implicit_inputs)]:
+                if v is None:
+                    continue
+                if self.values.get(v.name) is not v:
+                    raise IRError(f"{node!r} reads {v.name!r}, which is not in the graph")
+                if id(v) not in defined:
+                    raise IRError(
+                        f"{node!r} reads {v.name!r} before it is defined (position {pos})"
+                    )
+                expected_uses.setdefault(id(v), []).append((id(node), i))
+            for out in node.outputs:
+                if out.producer is not node:
+                    raise IRError(f"{out.name!r} does not name {node!r} as its producer")
+                if out.is_const:
+                    raise IRError(f"{out.name!r} is produced by {node!r} but holds constant data")
+                if id(out) in defined:
+                    raise IRError(f"{out.name!r} is defined twice")
+                defined.add(id(out))
+        for v in self.values.values():
+            got = sorted((id(n), i) for n, i in v.uses)
+            if got != sorted(expected_uses.get(id(v), [])):
+                raise IRError(f"use list of {v.name!r} is out of sync with node inputs")
+            if v.is_const and v.shape is not None and tuple(v.const.shape) != v.shape:
+                raise IRError(f"constant {v.name!r} has shape {v.const.shape}, recorded {v.shape}")
+        for v in self.outputs:
+            if id(v) not in defined:
+                raise IRError(f"graph output {v.name!r} is never defined")

@@ -1,0 +1,194 @@
+"""Allocation: how many channels each group keeps, to meet a cost target.
+
+The contract: the pruned model's cost is at most F x the original and at least (F - 0.02) x.
+
+- ``global``: rank every channel of every prunable group by score (scores are normalised per
+  group, so the ranking is fair) and remove from the bottom; the cut is found by bisection on the
+  ranking, each probe costing one vectorised cost-model evaluation.
+- ``uniform``: every group removes the same fraction; bisection on that fraction.
+
+Widths honour a floor per group (``max_prune``: at most that fraction removed, at least one
+channel kept) and ``round_to`` (kept widths are multiples of N, or the full width, where the
+group allows). Because widths move in steps, the bisection stops just under the target; a
+greedy fill then adds back the best removed channels while the cost stays under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+
+from irprune.errors import TargetError
+from irprune.passes.analysis.channels import ChannelAnalysis
+from irprune.passes.analysis.cost import CostModel
+from irprune.passes.importance import Scores
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = 0.02
+STRATEGIES = ("global", "uniform")
+
+
+@dataclass(frozen=True)
+class Target:
+    metric: str  # "macs" or "params"
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    widths: np.ndarray  # kept width of every group (unpruned groups: full size)
+    kept: Mapping[int, np.ndarray]  # sorted kept channel indices of every group that shrinks
+    ratio: float  # achieved cost / original cost, by the cost model, for the target metric
+
+
+class _Widths:
+    """Allowed widths of the prunable groups: floor, rounding, full size."""
+
+    def __init__(self, sizes: np.ndarray, round_to: int, max_prune: float) -> None:
+        self.sizes = sizes
+        self.n = max(int(round_to), 1)
+        floors = np.maximum(np.ceil(sizes * (1.0 - max_prune)), 1)
+        self.floors = np.minimum(self.round_up(floors, raw=True), sizes)
+
+    def round_up(self, k: np.ndarray, raw: bool = False) -> np.ndarray:
+        up = np.ceil(np.asarray(k, dtype=np.float64) / self.n) * self.n
+        up = np.where(up >= self.sizes, self.sizes, up)
+        return up if raw else np.maximum(up, self.floors)
+
+    def step_up(self, i: int, width: float) -> float:
+        return float(min(self.sizes[i], (math.floor(width / self.n) + 1) * self.n))
+
+
+def allocate(
+    analysis: ChannelAnalysis,
+    cost: CostModel,
+    scores: Scores,
+    target: Target,
+    *,
+    strategy: str = "global",
+    round_to: int = 1,
+    max_prune: float = 0.9,
+    ignore: Iterable[int] = (),
+) -> Plan:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    ignored = set(ignore)
+    ids = [g.id for g in analysis.prunable if g.id not in ignored and g.id in scores.by_group]
+    base = cost.base_widths.copy()
+    measure = cost.macs_at if target.metric == "macs" else cost.params_at
+    total = measure(base)
+    budget = target.fraction * total
+    sizes = base[ids]
+    allowed = _Widths(sizes, round_to, max_prune)
+
+    def at(sub: np.ndarray) -> float:
+        w = base.copy()
+        w[ids] = sub
+        return measure(w)
+
+    _check_feasible(analysis, at(allowed.floors), total, target, ids)
+    group_scores = [np.asarray(scores.by_group[i]) for i in ids]
+    if strategy == "global":
+        sub = _bisect_global(group_scores, allowed, at, budget)
+    else:
+        sub = _bisect_uniform(allowed, at, budget)
+    sub = _fill(sub, group_scores, allowed, at, budget)
+    widths = base.copy()
+    widths[ids] = sub
+    ratio = measure(widths) / total if total else 1.0
+    if ratio < target.fraction - TOLERANCE:
+        log.warning("allocation undershoots: %.4f for target %.4f", ratio, target.fraction)
+    kept = {
+        gid: np.sort(np.argsort(-s, kind="stable")[: int(w)])
+        for gid, s, w in zip(ids, group_scores, sub, strict=True)
+        if w < len(s)
+    }
+    return Plan(widths=widths, kept=MappingProxyType(kept), ratio=ratio)
+
+
+def _check_feasible(
+    analysis: ChannelAnalysis, floor_cost: float, total: float, target: Target, ids: list[int]
+) -> None:
+    if floor_cost <= target.fraction * total:
+        return
+    best = floor_cost / total if total else 1.0
+    frozen = [g for g in analysis.groups if not g.prunable]
+    reasons: dict[str, int] = {}
+    for g in frozen:
+        for r in g.frozen[:1]:
+            reasons[r] = reasons.get(r, 0) + 1
+    top = "; ".join(
+        f"{r} ({n} groups)" for r, n in sorted(reasons.items(), key=lambda x: -x[1])[:3]
+    )
+    raise TargetError(
+        f"cannot reach {target.metric} target {target.fraction:g}: with all {len(ids)} prunable "
+        f"groups at their floor the model keeps {best:.3f}" + (f"; frozen: {top}" if top else "")
+    )
+
+
+def _bisect_global(
+    group_scores: list[np.ndarray], allowed: _Widths, at, budget: float
+) -> np.ndarray:
+    flat = np.concatenate(group_scores) if group_scores else np.zeros(0)
+    owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(group_scores)] or [[]])
+    order = np.argsort(flat, kind="stable")
+    owner_sorted = owner[order].astype(np.int64)
+
+    def widths(p: int) -> np.ndarray:
+        removed = np.bincount(owner_sorted[:p], minlength=len(group_scores))
+        return allowed.round_up(allowed.sizes - removed)
+
+    lo, hi = 0, len(flat)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if at(widths(mid)) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return widths(lo)
+
+
+def _bisect_uniform(allowed: _Widths, at, budget: float) -> np.ndarray:
+    def widths(frac: float) -> np.ndarray:
+        return allowed.round_up(np.round(allowed.sizes * (1.0 - frac)))
+
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if at(widths(mid)) <= budget:
+            hi = mid
+        else:
+            lo = mid
+    return widths(hi)
+
+
+def _fill(
+    sub: np.ndarray, group_scores: list[np.ndarray], allowed: _Widths, at, budget: float
+) -> np.ndarray:
+    """Add back removed channels, best first, while the cost stays within the budget."""
+    sub = sub.copy()
+    ranked = [np.sort(s)[::-1] for s in group_scores]
+    blocked: set[int] = set()
+    for _ in range(4 * len(sub) + 64):
+        best, best_score = -1, -np.inf
+        for i, w in enumerate(sub):
+            if i in blocked or w >= allowed.sizes[i]:
+                continue
+            s = ranked[i][int(w)]
+            if s > best_score:
+                best, best_score = i, s
+        if best < 0:
+            break
+        trial = sub.copy()
+        trial[best] = allowed.step_up(best, sub[best])
+        if at(trial) <= budget:
+            sub = trial
+        else:
+            blocked.add(best)
+    return sub

@@ -1,0 +1,262 @@
+"""Channel dependency analysis: which channel spaces must share one index set.
+
+Every node's rule (``rules.RULES``, keyed by (domain, op type)) relates its input and output
+axes through three primitives of ``Context``:
+
+- ``source``: a weight axis creates channels (Conv/Gemm/MatMul output channels): a new root;
+- ``set_layout``: an output axis takes a layout computed from the inputs;
+- ``tie``: an input axis must carry a given layout. Two layouts that split the axis the same way
+  join their roots (union-find); a constant with no layout yet takes it (it will be sliced); a
+  non-constant without one (graph input, unknown op's output) has fixed channels, so the roots are
+  frozen.
+
+A group is a union-find class of roots. Fail closed: after all rules ran, every use of every axis
+that carries a layout must have been tied by the consumer's rule; any other use (an op without a
+rule, an axis a rule does not map, a subgraph reading the value, a graph output) freezes the
+groups in that layout, with the reason recorded. Nothing is assumed to pass channels through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from irprune.ir import Graph, Node, Value
+from irprune.passes.analysis import layout as lay
+from irprune.passes.analysis.layout import Layout, Segment
+from irprune.passes.analysis.rules import RULES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Space:
+    """One axis of one value."""
+
+    value: str
+    axis: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """A node whose weight axis creates a group's channels (scored by importance criteria)."""
+
+    node: str
+    weight: str
+    axis: int
+    output: str
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    id: int
+    size: int
+    sources: tuple[Source, ...]
+    members: tuple[Space, ...]
+    frozen: tuple[str, ...]
+
+    @property
+    def prunable(self) -> bool:
+        return not self.frozen
+
+
+@dataclass(frozen=True)
+class ChannelAnalysis:
+    """The result of the analysis. Layout roots are group ids."""
+
+    groups: tuple[ChannelGroup, ...]
+    layouts: Mapping[str, Mapping[int, Layout]]
+
+    def layout(self, value: str, axis: int) -> Layout | None:
+        return self.layouts.get(value, {}).get(axis)
+
+    @property
+    def prunable(self) -> tuple[ChannelGroup, ...]:
+        return tuple(g for g in self.groups if g.prunable)
+
+
+def node_label(node: Node, index: int) -> str:
+    return node.name or f"{node.op_type}_{index}"
+
+
+class Context:
+    """Mutable state of one analysis run; rules only see this interface."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.opset = graph.opset_imports.get("", 0)
+        self.layouts: dict[int, dict[int, Layout]] = {}
+        self.parent: list[int] = []
+        self.sizes: list[int] = []
+        self.frozen: dict[int, list[str]] = {}
+        self.sources: list[tuple[int, Source]] = []
+        self.bound: set[tuple[int, int, int]] = set()
+        self.refused: dict[int, str] = {}
+        self.labels: dict[int, str] = {}
+
+    # --- union-find over roots ----------------------------------------------------------------
+    def find(self, root: int) -> int:
+        while self.parent[root] != root:
+            self.parent[root] = self.parent[self.parent[root]]
+            root = self.parent[root]
+        return root
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def freeze(self, layout: Layout, reason: str) -> None:
+        for r in lay.roots(layout):
+            reasons = self.frozen.setdefault(r, [])
+            if reason not in reasons:
+                reasons.append(reason)
+
+    # --- the primitives rules use ---------------------------------------------------------------
+    def label(self, node: Node) -> str:
+        return self.labels.get(id(node), node.name or node.op_type)
+
+    def get(self, value: Value | None, axis: int) -> Layout | None:
+        if value is None or value.rank is None:
+            return None
+        return self.layouts.get(id(value), {}).get(axis % max(value.rank, 1))
+
+    def axes(self, value: Value | None) -> dict[int, Layout]:
+        return dict(self.layouts.get(id(value), {})) if value is not None else {}
+
+    def set_layout(self, value: Value, axis: int, layout: Layout) -> None:
+        if value.rank is None:
+            self.freeze(layout, f"shape of {value.name!r} is unknown")
+            return
+        axis %= max(value.rank, 1)
+        existing = self.layouts.setdefault(id(value), {}).get(axis)
+        if existing is None:
+            self.layouts[id(value)][axis] = layout
+        else:
+            self._couple(existing, layout, value.name)
+
+    def tie(self, node: Node, index: int, axis: int, layout: Layout) -> None:
+        """Input ``index`` of ``node`` must carry ``layout`` on ``axis``."""
+        value = node.inputs[index]
+        if value is None or value.rank is None:
+            self.freeze(layout, f"{self.label(node)}: input {index} has no known shape")
+            return
+        axis %= max(value.rank, 1)
+        self.bound.add((id(node), index, axis))
+        existing = self.get(value, axis)
+        if existing is not None:
+            self._couple(existing, layout, value.name)
+        elif value.is_const:
+            if value.static_dim(axis) != lay.span(layout):
+                self.freeze(layout, f"constant {value.name!r} does not match its channels")
+            else:
+                self.layouts.setdefault(id(value), {})[axis] = layout
+        else:
+            why = "a graph input" if value in self.graph.inputs else "fixed channels"
+            self.freeze(layout, f"{self.label(node)}: coupled with {value.name!r} ({why})")
+
+    def source(self, node: Node, w_index: int, w_axis: int, out: Value, out_axis: int) -> Layout:
+        weight = node.inputs[w_index]
+        assert weight is not None and weight.const is not None
+        size = int(weight.const.shape[w_axis])
+        root = len(self.parent)
+        self.parent.append(root)
+        self.sizes.append(size)
+        layout = lay.single(root, size)
+        src = Source(self.label(node), weight.name, w_axis % weight.const.ndim, out.name)
+        self.sources.append((root, src))
+        self.tie(node, w_index, w_axis, layout)
+        self.set_layout(out, out_axis, layout)
+        return layout
+
+    def refuse(self, node: Node, reason: str) -> None:
+        """Record why ``node``'s rule leaves some of its inputs unmapped."""
+        self.refused[id(node)] = reason
+
+    def _couple(self, a: Layout, b: Layout, where: str) -> None:
+        if not lay.same_geometry(a, b):
+            self.freeze(a + b, f"index maps meeting at {where!r} do not line up")
+            return
+        for x, y in zip(a, b, strict=True):
+            if x.root is not None and y.root is not None:
+                self._union(x.root, y.root)
+
+    # --- closing --------------------------------------------------------------------------------
+    def freeze_unbound(self, has_rule: Callable[[Node], bool]) -> None:
+        for value in self.graph.values.values():
+            axes = self.layouts.get(id(value))
+            if not axes:
+                continue
+            if self.graph.is_graph_output(value):
+                for layout in axes.values():
+                    self.freeze(layout, f"reaches graph output {value.name!r}")
+            for node, i in value.uses:
+                for axis, layout in axes.items():
+                    if (id(node), i, axis) not in self.bound:
+                        self.freeze(layout, self._unbound_reason(node, i, axis, value, has_rule))
+
+    def _unbound_reason(
+        self, node: Node, i: int, axis: int, value: Value, has_rule: Callable[[Node], bool]
+    ) -> str:
+        where = f"{node.op_type} {self.label(node)!r}"
+        if i < 0:
+            return f"{where} reads {value.name!r} inside a subgraph"
+        if id(node) in self.refused:
+            return f"{where}: {self.refused[id(node)]}"
+        if not has_rule(node):
+            return f"{where}: no channel rule for {node.domain or 'ai.onnx'}::{node.op_type}"
+        return f"{where} does not map axis {axis} of input {i} ({value.name!r})"
+
+    def result(self) -> ChannelAnalysis:
+        for root, reasons in list(self.frozen.items()):
+            top = self.find(root)
+            if top != root:
+                merged = self.frozen.setdefault(top, [])
+                merged += [r for r in reasons if r not in merged]
+        tops = sorted({self.find(r) for r in range(len(self.parent))})
+        gid = {top: i for i, top in enumerate(tops)}
+        relabel = {r: gid[self.find(r)] for r in range(len(self.parent))}
+        names = {id(v): v.name for v in self.graph.values.values()}
+        layouts: dict[str, dict[int, Layout]] = {}
+        members: dict[int, list[Space]] = {i: [] for i in gid.values()}
+        for vid, axes in self.layouts.items():
+            for axis, layout in axes.items():
+                mapped = tuple(
+                    Segment(relabel[s.root], s.size, s.inner, s.outer) if s.root is not None else s
+                    for s in layout
+                )
+                layouts.setdefault(names[vid], {})[axis] = mapped
+                for g in lay.roots(mapped):
+                    members[g].append(Space(names[vid], axis))
+        sources: dict[int, list[Source]] = {i: [] for i in gid.values()}
+        for root, src in self.sources:
+            sources[relabel[root]].append(src)
+        groups = tuple(
+            ChannelGroup(
+                id=gid[top],
+                size=self.sizes[top],
+                sources=tuple(sources[gid[top]]),
+                members=tuple(members[gid[top]]),
+                frozen=tuple(self.frozen.get(top, ())),
+            )
+            for top in tops
+        )
+        frozen_layouts = MappingProxyType({k: MappingProxyType(v) for k, v in layouts.items()})
+        return ChannelAnalysis(groups=groups, layouts=frozen_layouts)
+
+
+def analyze(graph: Graph) -> ChannelAnalysis:
+    """Run every node's channel rule and return the groups; never mutates ``graph``."""
+    ctx = Context(graph)
+    for i, node in enumerate(graph.nodes):
+        ctx.labels[id(node)] = node_label(node, i)
+    for node in graph.nodes:
+        rule = RULES.get(node.key)
+        if rule is not None:
+            rule.propagate(ctx, node)
+    ctx.freeze_unbound(lambda n: n.key in RULES)
+    result = ctx.result()
+    log.info("analysis: %d groups, %d prunable", len(result.groups), len(result.prunable))
+    return result

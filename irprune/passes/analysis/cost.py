@@ -1,0 +1,146 @@
+"""Cost model: MACs, parameters and weight bytes as functions of every group's width.
+
+The size of an axis under widths ``w`` is linear in ``w``: fixed segments count their span, a
+segment of group g counts ``w[g] * inner * outer``. Each cost is a sum of terms
+``coef * product of axis sizes``: a Conv's MACs are (output spatial size) * numel(W), where W's
+axes 0 and 1 follow the output and input groups; a constant's parameter count is the product of
+its axis sizes. Evaluating all terms at a width vector is a few numpy operations, so allocation can
+ask what any choice of widths costs without touching the graph.
+
+MACs count Conv, Gemm and MatMul (the ops with a ``macs`` rule); symbolic dims (the batch) count
+as 1, so the figures are per sample. Parameters count floating-point constants; bytes count all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from irprune.ir import Graph, Value
+from irprune.passes.analysis.channels import ChannelAnalysis
+from irprune.passes.analysis.rules import RULES
+
+
+@dataclass(frozen=True)
+class Cost:
+    macs: float
+    params: float
+    bytes: float
+
+    def ratio(self, base: Cost) -> Cost:
+        return Cost(
+            self.macs / base.macs if base.macs else 1.0,
+            self.params / base.params if base.params else 1.0,
+            self.bytes / base.bytes if base.bytes else 1.0,
+        )
+
+
+@dataclass(frozen=True)
+class _Terms:
+    coef: np.ndarray  # (T,)
+    factors: np.ndarray  # (T, K) indices into the factor table, -1 = 1
+
+    def evaluate(self, values: np.ndarray) -> float:
+        padded = np.append(values, 1.0)
+        return float(np.sum(self.coef * np.prod(padded[self.factors], axis=1)))
+
+
+@dataclass(frozen=True)
+class CostModel:
+    base_widths: np.ndarray
+    f_const: np.ndarray
+    f_rows: np.ndarray
+    f_cols: np.ndarray
+    f_coef: np.ndarray
+    macs: _Terms
+    params: _Terms
+    bytes: _Terms
+
+    def factor_values(self, widths: np.ndarray) -> np.ndarray:
+        contrib = self.f_coef * widths[self.f_cols]
+        return self.f_const + np.bincount(self.f_rows, contrib, minlength=len(self.f_const))
+
+    def evaluate(self, widths: np.ndarray | None = None) -> Cost:
+        w = self.base_widths if widths is None else np.asarray(widths, dtype=np.float64)
+        values = self.factor_values(w)
+        return Cost(
+            self.macs.evaluate(values), self.params.evaluate(values), self.bytes.evaluate(values)
+        )
+
+    def macs_at(self, widths: np.ndarray) -> float:
+        return self.macs.evaluate(self.factor_values(widths))
+
+    def params_at(self, widths: np.ndarray) -> float:
+        return self.params.evaluate(self.factor_values(widths))
+
+
+class _Builder:
+    def __init__(self, analysis: ChannelAnalysis) -> None:
+        self.analysis = analysis
+        self.index: dict[tuple[str, int], int] = {}
+        self.const: list[float] = []
+        self.rows: list[int] = []
+        self.cols: list[int] = []
+        self.coef: list[float] = []
+
+    def factor(self, value: Value, axis: int) -> tuple[int, float]:
+        """(factor index or -1, constant multiplier) for one axis of one value."""
+        axis %= max(value.rank or 1, 1)
+        layout = self.analysis.layout(value.name, axis)
+        if layout is None:
+            dim = value.static_dim(axis)
+            return -1, float(dim) if dim is not None else 1.0
+        key = (value.name, axis)
+        if key not in self.index:
+            self.index[key] = len(self.const)
+            fixed = 0.0
+            for s in layout:
+                if s.root is None:
+                    fixed += s.span
+                else:
+                    self.rows.append(self.index[key])
+                    self.cols.append(s.root)
+                    self.coef.append(float(s.inner * s.outer))
+            self.const.append(fixed)
+        return self.index[key], 1.0
+
+    def terms(self, items: list[tuple[float, list[tuple[Value, int]]]]) -> _Terms:
+        width = max((len(f) for _, f in items), default=0)
+        coef = np.zeros(len(items))
+        idx = -np.ones((len(items), max(width, 1)), dtype=np.int64)
+        for t, (c, factors) in enumerate(items):
+            mult = c
+            for k, (value, axis) in enumerate(factors):
+                i, m = self.factor(value, axis)
+                idx[t, k] = i
+                mult *= m
+            coef[t] = mult
+        return _Terms(coef, idx)
+
+
+def build_cost_model(graph: Graph, analysis: ChannelAnalysis) -> CostModel:
+    b = _Builder(analysis)
+    mac_items: list[tuple[float, list[tuple[Value, int]]]] = []
+    for node in graph.nodes:
+        rule = RULES.get(node.key)
+        if rule is not None and rule.macs is not None:
+            mac_items += [(t.coef, list(t.factors)) for t in rule.macs(node)]
+    consts = [v for v in graph.constants() if v.uses]
+    axes_of = [[(v, a) for a in range(v.const.ndim)] for v in consts]
+    is_float = [float(np.issubdtype(v.const.dtype, np.floating)) for v in consts]
+    itemsize = [float(v.const.dtype.itemsize) for v in consts]
+    macs = b.terms(mac_items)
+    params = b.terms([(f, axes) for f, axes in zip(is_float, axes_of, strict=True)])
+    nbytes = b.terms([(s, axes) for s, axes in zip(itemsize, axes_of, strict=True)])
+    widths = np.asarray([g.size for g in analysis.groups], dtype=np.float64)
+    return CostModel(
+        base_widths=widths,
+        f_const=np.asarray(b.const, dtype=np.float64),
+        f_rows=np.asarray(b.rows, dtype=np.int64),
+        f_cols=np.asarray(b.cols, dtype=np.int64),
+        f_coef=np.asarray(b.coef, dtype=np.float64),
+        macs=macs,
+        params=params,
+        bytes=nbytes,
+    )

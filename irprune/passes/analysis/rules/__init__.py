@@ -1,0 +1,35 @@
+"""The op rule table: one entry per (domain, op type), built explicitly here.
+
+An op missing from this table has no rule: its inputs' channel groups freeze (fail closed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from irprune.passes.analysis.rules import conv, elementwise, linear, pool, shape
+from irprune.passes.analysis.rules.base import NodeEdit, OpRule, Term
+
+_table: dict[tuple[str, str], OpRule] = {
+    ("", "Conv"): conv.CONV,
+    ("", "BatchNormalization"): conv.NORM,
+    ("", "InstanceNormalization"): conv.NORM,
+    ("", "Gemm"): linear.GEMM,
+    ("", "MatMul"): linear.MATMUL,
+    ("", "Concat"): shape.CONCAT,
+    ("", "Flatten"): shape.FLATTEN,
+    ("", "Reshape"): shape.RESHAPE,
+    ("", "Transpose"): shape.TRANSPOSE,
+    ("", "Squeeze"): shape.SQUEEZE,
+    ("", "Unsqueeze"): shape.UNSQUEEZE,
+}
+_table.update({("", op): elementwise.UNARY for op in elementwise.UNARY_OPS})
+_table.update({("", op): elementwise.BROADCAST for op in elementwise.BROADCAST_OPS})
+_table.update({("", op): elementwise.SOFTMAX for op in elementwise.SOFTMAX_OPS})
+_table.update({("", op): pool.POOL for op in pool.POOL_OPS})
+_table.update({("", op): pool.REDUCE for op in pool.REDUCE_OPS})
+
+RULES: Mapping[tuple[str, str], OpRule] = MappingProxyType(_table)
+
+__all__ = ["RULES", "NodeEdit", "OpRule", "Term"]

@@ -1,0 +1,106 @@
+"""Measurements for the report: output fidelity, onnxruntime latency, and the printed table."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+
+from irprune.emit.verify import session
+
+
+def fidelity(reference: list[np.ndarray], pruned: list[np.ndarray]) -> dict[str, float | None]:
+    """Compare the first output of two runs on the same inputs."""
+    ref = np.asarray(reference[0], dtype=np.float64)
+    out = np.asarray(pruned[0], dtype=np.float64)
+    diff = out - ref
+    ref_norm = float(np.linalg.norm(ref))
+    denom = ref_norm * float(np.linalg.norm(out))
+    result: dict[str, float | None] = {
+        "max_abs_diff": float(np.max(np.abs(diff))) if diff.size else 0.0,
+        "rel_l2": float(np.linalg.norm(diff) / ref_norm) if ref_norm else 0.0,
+        "cosine": float(np.sum(ref * out) / denom) if denom else 1.0,
+        "top1_agreement": None,
+    }
+    if ref.ndim == 2 and ref.shape[1] > 1:
+        result["top1_agreement"] = float(np.mean(ref.argmax(1) == out.argmax(1)))
+    return result
+
+
+def latency(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    threads: int = 1,
+    runs: int = 20,
+    warmup: int = 3,
+) -> dict[str, float]:
+    """Median onnxruntime CPU latency (ms) of both models, runs interleaved, spinning off."""
+    sessions = [session(m, threads=threads, optimize=True) for m in (original, pruned)]
+    times: list[list[float]] = [[], []]
+    for i in range(warmup + runs):
+        for k, sess in enumerate(sessions):
+            t0 = time.perf_counter()
+            sess.run(None, dict(feeds))
+            if i >= warmup:
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    before, after = (statistics.median(t) for t in times)
+    return {
+        "threads": threads,
+        "runs": runs,
+        "before_ms": before,
+        "after_ms": after,
+        "speedup": before / after if after else float("inf"),
+    }
+
+
+def _fmt(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The human-readable summary printed by the CLI."""
+    lines = []
+    cost = report["cost"]
+    lines.append(f"{'':10}{'before':>12}{'after':>12}{'ratio':>9}")
+    for key in ("macs", "params", "bytes"):
+        b, a = cost["before"][key], cost["after"][key]
+        lines.append(f"{key:10}{_fmt(b):>12}{_fmt(a):>12}{a / b if b else 1:>9.3f}")
+    lat = report.get("latency")
+    if lat:
+        lines.append(
+            f"{'latency':10}{lat['before_ms']:>10.2f}ms{lat['after_ms']:>10.2f}ms"
+            f"{lat['speedup']:>8.2f}x  (onnxruntime CPU, {lat['threads']} thread)"
+        )
+    groups = report["groups"]
+    pruned = [g for g in groups if g["kept"] < g["size"]]
+    frozen = [g for g in groups if g["frozen"]]
+    lines.append(f"groups: {len(groups)} total, {len(pruned)} pruned, {len(frozen)} left alone")
+    for g in pruned[:12]:
+        lines.append(
+            f"  group {g['id']:>3}: {g['size']:>5} -> {g['kept']:<5} {', '.join(g['sources'][:3])}"
+        )
+    if len(pruned) > 12:
+        lines.append(f"  ... {len(pruned) - 12} more (see --report)")
+    for g in frozen[:8]:
+        lines.append(f"  frozen {g['id']:>3} ({g['size']} ch): {g['frozen'][0]}")
+    if len(frozen) > 8:
+        lines.append(f"  ... {len(frozen) - 8} more frozen groups (see --report)")
+    fid = report.get("fidelity")
+    if fid:
+        top1 = fid["top1_agreement"]
+        lines.append(
+            f"fidelity vs original: max|diff| {fid['max_abs_diff']:.4g}, rel L2 {fid['rel_l2']:.4g},"
+            f" cosine {fid['cosine']:.4f}"
+            + (f", top-1 agreement {top1:.3f}" if top1 is not None else "")
+            + f" ({report['fidelity_inputs']})"
+        )
+    return "\n".join(lines)
