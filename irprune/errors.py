@@ -1,4 +1,4 @@
-"""The exception types irprune raises. The CLI turns each into a one-line message and an exit code."""
+"""Exception types irprune raises; the CLI turns each into a one-line message and an exit code."""
 
 from __future__ import annotations
 

@@ -98,8 +98,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     if fid:
         top1 = fid["top1_agreement"]
         lines.append(
-            f"fidelity vs original: max|diff| {fid['max_abs_diff']:.4g}, rel L2 {fid['rel_l2']:.4g},"
-            f" cosine {fid['cosine']:.4f}"
+            f"fidelity vs original: max|diff| {fid['max_abs_diff']:.4g},"
+            f" rel L2 {fid['rel_l2']:.4g}, cosine {fid['cosine']:.4f}"
             + (f", top-1 agreement {top1:.3f}" if top1 is not None else "")
             + f" ({report['fidelity_inputs']})"
         )

@@ -40,7 +40,7 @@ _SIMPLE_ATTRS = {
 
 
 def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
-    """Read a model file (with its external data) or pass a ModelProto through, with clear errors."""
+    """Read a model file (with its external data) or pass a ModelProto through."""
     if isinstance(source, onnx.ModelProto):
         return source
     path = Path(source)
@@ -182,11 +182,11 @@ class _Importer:
         return value
 
     def _add_node(self, proto: onnx.NodeProto) -> None:
-        if proto.op_type == "Constant" and proto.domain in ("", "ai.onnx"):
-            if proto.output[0] not in {o.name for o in self.model.graph.output}:
-                array = _constant_value(proto)
-                self._add_const(proto.output[0], array, _np_to_onnx(array.dtype))
-                return
+        is_constant = proto.op_type == "Constant" and proto.domain in ("", "ai.onnx")
+        if is_constant and proto.output[0] not in {o.name for o in self.model.graph.output}:
+            array = _constant_value(proto)
+            self._add_const(proto.output[0], array, _np_to_onnx(array.dtype))
+            return
         inputs = tuple(self._value(n) for n in proto.input)
         outputs = []
         for name in proto.output:
