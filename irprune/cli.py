@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -169,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IrpruneError as exc:
         print(f"irprune: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the reader went away (e.g. `| head`)
+        return 0
     except KeyboardInterrupt:
         print("irprune: interrupted", file=sys.stderr)
         return 130

@@ -70,7 +70,9 @@ class _Builder:
         return out
 
 
-def build_demo_model(seed: int = 0, explicit_bn: bool = True) -> onnx.ModelProto:
+def build_demo_model(
+    seed: int = 0, explicit_bn: bool = True, opset: int = OPSET
+) -> onnx.ModelProto:
     b = _Builder(seed, explicit_bn)
     x = b.op("Relu", [b.conv_bn("input", 3, 16)])
     # residual block, identity shortcut
@@ -104,7 +106,7 @@ def build_demo_model(seed: int = 0, explicit_bn: bool = True) -> onnx.ModelProto
         b.inits,
     )
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION
     )
     model.producer_name = "irprune-demo"
     onnx.checker.check_model(model, full_check=True)

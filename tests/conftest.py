@@ -1,0 +1,39 @@
+"""Fixtures: the demo model in both export styles, and the reference models exported from torch.
+
+Exports are cached under a temp dir (override with IRPRUNE_TEST_CACHE) so repeated runs are fast.
+Tests that need torch are skipped when it is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import pytest
+
+from irprune.demo import build_demo_model
+
+CACHE = Path(os.environ.get("IRPRUNE_TEST_CACHE", Path(tempfile.gettempdir()) / "irprune-tests"))
+REFERENCE = ["resnet18", "resnet50", "vgg16_bn", "mobilenet_v2", "densenet_small"]
+STYLES = ["folded", "explicit"]
+
+
+@pytest.fixture(params=STYLES)
+def demo_model(request: pytest.FixtureRequest) -> onnx.ModelProto:
+    return build_demo_model(seed=0, explicit_bn=request.param == "explicit")
+
+
+@pytest.fixture(scope="session")
+def reference_onnx() -> Callable[[str, str], Path]:
+    pytest.importorskip("torch")
+    from models.export import cached_export
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+
+    def get(name: str, style: str) -> Path:
+        return cached_export(name, style, CACHE)
+
+    return get

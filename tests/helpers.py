@@ -1,0 +1,106 @@
+"""Shared test helpers: running models, tiny graph builders, and the masked-equivalence oracle."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from irprune.emit.verify import random_inputs, session
+from irprune.passes.allocation import Plan
+from irprune.passes.analysis import layout as lay
+from irprune.passes.analysis.channels import ChannelAnalysis
+
+IR_VERSION = 10
+
+
+def run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """onnxruntime with graph optimizations disabled."""
+    return list(session(model).run(None, dict(feeds)))
+
+
+def feeds_for(model: onnx.ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    return random_inputs(session(model), batch=batch, seed=seed)
+
+
+def make_model(
+    nodes: list[onnx.NodeProto],
+    inputs: list[tuple[str, list]],
+    outputs: list[tuple[str, list]],
+    inits: Mapping[str, np.ndarray],
+    opset: int = 17,
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION
+    )
+
+
+_CONTRACTING = {"Conv": 1, "Gemm": None, "MatMul": -1}
+
+
+def masked_original(
+    model: onnx.ModelProto, analysis: ChannelAnalysis, plan: Plan
+) -> onnx.ModelProto:
+    """The original model with removed channels zeroed at the inputs of every contracting consumer.
+
+    DESIGN.md section 4: the pruned model must compute exactly this. A consumer is a node that sums
+    over the channel axis of its data input: Conv (not depthwise), Gemm (K axis), MatMul (last axis).
+    """
+    masked = onnx.ModelProto()
+    masked.CopyFrom(model)
+    shapes = _ranks(model)
+    kept = dict(plan.kept)
+    new_nodes: list[onnx.NodeProto] = []
+    for k, node in enumerate(masked.graph.node):
+        axis = _contracted_axis(node, shapes)
+        name = node.input[0] if node.input else ""
+        layout = analysis.layout(name, axis) if axis is not None else None
+        if layout is not None and lay.roots(layout) & kept.keys():
+            rank = shapes[name]
+            keep = lay.positions(layout, kept)
+            mask = np.zeros(lay.span(layout), dtype=np.float32)
+            mask[keep] = 1.0
+            shape = [1] * rank
+            shape[axis] = mask.size
+            mname = f"__mask{k}"
+            masked.graph.initializer.append(numpy_helper.from_array(mask.reshape(shape), mname))
+            new_nodes.append(helper.make_node("Mul", [name, mname], [f"{mname}_out"]))
+            node.input[0] = f"{mname}_out"
+        new_nodes.append(node)
+    del masked.graph.node[:]
+    masked.graph.node.extend(new_nodes)
+    return masked
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out = {}
+    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        out[vi.name] = len(vi.type.tensor_type.shape.dim)
+    return out
+
+
+def _contracted_axis(node: onnx.NodeProto, ranks: Mapping[str, int]) -> int | None:
+    if node.op_type not in _CONTRACTING or not node.input or node.input[0] not in ranks:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    rank = ranks[node.input[0]]
+    if node.op_type == "Conv":
+        return None if attrs.get("group", 1) != 1 else 1
+    if node.op_type == "Gemm":
+        return 0 if attrs.get("transA", 0) else 1
+    return rank - 1
+
+
+def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    scale = max(float(np.max(np.abs(a))), 1e-12)
+    return float(np.max(np.abs(a - b))) / scale
