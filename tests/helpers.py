@@ -53,7 +53,7 @@ def masked_original(
     """The original model with removed channels zeroed at the inputs of every contracting consumer.
 
     DESIGN.md section 4: the pruned model must compute exactly this. A consumer is a node that sums
-    over the channel axis of its data input: Conv (not depthwise), Gemm (K axis), MatMul (last axis).
+    over the channel axis of its data input: Conv (not depthwise), Gemm (K), MatMul (last axis).
     """
     masked = onnx.ModelProto()
     masked.CopyFrom(model)

@@ -1,4 +1,4 @@
-"""ONNX frontend and emitter: round trips, Constant nodes, old-style inputs, external data, opsets."""
+"""ONNX frontend and emitter: round trips, Constant nodes, old-style inputs, external data."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ def _dead_positions(layout, dead: dict[int, list[int]]) -> list[int]:
 
 
 def _kill_channels(model: onnx.ModelProto, dead: dict[int, list[int]]) -> onnx.ModelProto:
-    """Zero the channels: BN scale and bias (explicit BN) or every conv's weight and bias (folded)."""
+    """Zero the channels: BN scale and bias (explicit BN), or conv weight and bias (folded)."""
     analysis = analyze(import_model(model))
     out = onnx.ModelProto()
     out.CopyFrom(model)
