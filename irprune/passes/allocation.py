@@ -10,14 +10,16 @@ The contract: the pruned model's cost is at most F x the original and at least (
 Widths honour a floor per group (``max_prune``: at most that fraction removed, at least one
 channel kept) and ``round_to`` (kept widths are multiples of N, or the full width, where the
 group allows). Because widths move in steps, the bisection stops just under the target; a
-greedy fill then adds back the best removed channels while the cost stays under it.
+greedy fill then adds back the best removed channels while the cost stays under it. If steps of
+N cannot land inside the window, a second fill adds single channels: the window is the contract,
+rounding only a preference.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -61,8 +63,8 @@ class _Widths:
         up = np.where(up >= self.sizes, self.sizes, up)
         return up if raw else np.maximum(up, self.floors)
 
-    def step_up(self, i: int, width: float) -> float:
-        return float(min(self.sizes[i], (math.floor(width / self.n) + 1) * self.n))
+    def step_up(self, i: int, width: float, step: int) -> float:
+        return float(min(self.sizes[i], (math.floor(width / step) + 1) * step))
 
 
 def allocate(
@@ -98,7 +100,10 @@ def allocate(
         sub = _bisect_global(group_scores, allowed, at, budget)
     else:
         sub = _bisect_uniform(allowed, at, budget)
-    sub = _fill(sub, group_scores, allowed, at, budget)
+    sub = _fill(sub, group_scores, allowed, at, budget, allowed.n)
+    if at(sub) < (target.fraction - TOLERANCE) * total and allowed.n > 1:
+        # Rounded steps cannot land in the window: the target contract wins over rounding.
+        sub = _fill(sub, group_scores, allowed, at, budget, 1)
     widths = base.copy()
     widths[ids] = sub
     ratio = measure(widths) / total if total else 1.0
@@ -133,7 +138,10 @@ def _check_feasible(
 
 
 def _bisect_global(
-    group_scores: list[np.ndarray], allowed: _Widths, at, budget: float
+    group_scores: list[np.ndarray],
+    allowed: _Widths,
+    at: Callable[[np.ndarray], float],
+    budget: float,
 ) -> np.ndarray:
     flat = np.concatenate(group_scores) if group_scores else np.zeros(0)
     owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(group_scores)] or [[]])
@@ -154,7 +162,9 @@ def _bisect_global(
     return widths(lo)
 
 
-def _bisect_uniform(allowed: _Widths, at, budget: float) -> np.ndarray:
+def _bisect_uniform(
+    allowed: _Widths, at: Callable[[np.ndarray], float], budget: float
+) -> np.ndarray:
     def widths(frac: float) -> np.ndarray:
         return allowed.round_up(np.round(allowed.sizes * (1.0 - frac)))
 
@@ -169,7 +179,12 @@ def _bisect_uniform(allowed: _Widths, at, budget: float) -> np.ndarray:
 
 
 def _fill(
-    sub: np.ndarray, group_scores: list[np.ndarray], allowed: _Widths, at, budget: float
+    sub: np.ndarray,
+    group_scores: list[np.ndarray],
+    allowed: _Widths,
+    at: Callable[[np.ndarray], float],
+    budget: float,
+    step: int,
 ) -> np.ndarray:
     """Add back removed channels, best first, while the cost stays within the budget."""
     sub = sub.copy()
@@ -186,7 +201,7 @@ def _fill(
         if best < 0:
             break
         trial = sub.copy()
-        trial[best] = allowed.step_up(best, sub[best])
+        trial[best] = allowed.step_up(best, sub[best], step)
         if at(trial) <= budget:
             sub = trial
         else:

@@ -1,0 +1,81 @@
+"""Allocation: targets land in [F - 0.02, F] by an independent counter; rounding, floors, ignore."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from irprune.api import prune
+from irprune.demo import build_demo_model
+from irprune.errors import TargetError
+from tests.conftest import REFERENCE
+from tests.oracles import count_macs, count_params
+
+
+def _mac_ratio(original: onnx.ModelProto, pruned: onnx.ModelProto) -> float:
+    return count_macs(pruned) / count_macs(original)
+
+
+@pytest.mark.parametrize("strategy", ["global", "uniform"])
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_demo_hits_flops_target(strategy: str, target: float) -> None:
+    model = build_demo_model()
+    result = prune(model, target_flops=target, strategy=strategy, measure_latency=False)
+    assert target - 0.02 <= _mac_ratio(model, result.model) <= target
+
+
+@pytest.mark.parametrize("name", REFERENCE)
+def test_reference_hits_half_flops(reference_onnx, name: str) -> None:
+    model = onnx.load(reference_onnx(name, "explicit"))
+    result = prune(model, target_flops=0.5, measure_latency=False)
+    ratio = _mac_ratio(model, result.model)
+    assert 0.48 <= ratio <= 0.50
+    assert ratio == pytest.approx(result.report["cost"]["ratio"]["macs"], rel=1e-9)
+
+
+def test_params_target() -> None:
+    model = build_demo_model()
+    result = prune(model, target_params=0.5, measure_latency=False)
+    assert 0.48 <= count_params(result.model) / count_params(model) <= 0.5
+
+
+@pytest.mark.parametrize("round_to", [1, 4, 8])
+def test_round_to(round_to: int) -> None:
+    result = prune(build_demo_model(), target_flops=0.5, round_to=round_to, measure_latency=False)
+    for g in result.report["groups"]:
+        assert g["kept"] == g["size"] or g["kept"] % round_to == 0
+
+
+def test_max_prune_floor() -> None:
+    result = prune(
+        build_demo_model(), target_flops=0.6, max_prune=0.3, round_to=1, measure_latency=False
+    )
+    for g in result.report["groups"]:
+        assert g["kept"] >= np.ceil(g["size"] * 0.7)
+
+
+def test_ignore_by_node_name_and_group_id() -> None:
+    model = build_demo_model()
+    base = prune(model, target_flops=0.5, measure_latency=False)
+    pruned_ids = [g["id"] for g in base.report["groups"] if g["kept"] < g["size"]]
+    by_id = prune(model, target_flops=0.5, ignore=[pruned_ids[0]], measure_latency=False)
+    g = by_id.report["groups"][pruned_ids[0]]
+    assert g["kept"] == g["size"]
+    node = base.report["groups"][pruned_ids[1]]["sources"][0]
+    by_name = prune(model, target_flops=0.5, ignore=[node], measure_latency=False)
+    g = by_name.report["groups"][pruned_ids[1]]
+    assert g["kept"] == g["size"]
+    assert 0.48 <= by_name.report["cost"]["ratio"]["macs"] <= 0.5
+
+
+def test_infeasible_target_says_what_blocked_it() -> None:
+    with pytest.raises(TargetError, match="cannot reach macs target 0.05.*floor"):
+        prune(build_demo_model(), target_flops=0.05, max_prune=0.5, measure_latency=False)
+
+
+def test_global_prefers_low_scores_uniform_spreads_evenly() -> None:
+    model = build_demo_model()
+    uni = prune(model, target_flops=0.5, strategy="uniform", round_to=1, measure_latency=False)
+    fracs = [g["kept"] / g["size"] for g in uni.report["groups"] if not g["frozen"]]
+    assert max(fracs) - min(fracs) <= 0.15
