@@ -70,7 +70,7 @@ def test_ignore_by_node_name_and_group_id() -> None:
 
 
 def test_infeasible_target_says_what_blocked_it() -> None:
-    with pytest.raises(TargetError, match="cannot reach macs target 0.05.*floor"):
+    with pytest.raises(TargetError, match=r"cannot reach macs target 0\.05.*floor"):
         prune(build_demo_model(), target_flops=0.05, max_prune=0.5, measure_latency=False)
 
 
