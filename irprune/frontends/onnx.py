@@ -83,8 +83,10 @@ def _check_opsets(model: onnx.ModelProto) -> None:
 
 def _infer_shapes(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     """Types of every value shape inference can reach, computed on a weight-free skeleton."""
-    skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(_without_initializers(model))
+    skeleton = _template(model)
+    g, mg = skeleton.graph, model.graph
+    for field_name in ("node", "input", "output", "value_info"):
+        getattr(g, field_name).extend(getattr(mg, field_name))
     graph_inputs = {i.name for i in model.graph.input}
     for init in model.graph.initializer:
         if _tensor_nbytes(init) <= _SKELETON_MAX_BYTES:
@@ -101,17 +103,6 @@ def _infer_shapes(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
         types[vi.name] = vi.type
     return types
-
-
-def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    stripped = onnx.ModelProto()
-    inits = list(model.graph.initializer)
-    model.graph.ClearField("initializer")
-    try:
-        stripped.CopyFrom(model)
-    finally:
-        model.graph.initializer.extend(inits)
-    return stripped
 
 
 def _tensor_nbytes(t: onnx.TensorProto) -> int:
@@ -147,7 +138,7 @@ class _Importer:
         g, mg = self.graph, self.model.graph
         for opset in self.model.opset_import:
             g.opset_imports["" if opset.domain == "ai.onnx" else opset.domain] = opset.version
-        g.meta["template"] = _template(self.model)
+        g.meta["template"] = _template(self.model).SerializeToString()
         g.meta["io"] = {vi.name: vi.SerializeToString() for vi in (*mg.input, *mg.output)}
         g.meta["graph_doc"] = mg.doc_string
         if mg.sparse_initializer:
@@ -215,13 +206,20 @@ class _Importer:
         self.graph.add_node(node)
 
 
-def _template(model: onnx.ModelProto) -> bytes:
-    graph = model.graph
-    model.ClearField("graph")
-    try:
-        return model.SerializeToString()
-    finally:
-        model.graph.CopyFrom(graph)
+def _template(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Everything but the graph, copied field by field so the weights are never touched."""
+    template = onnx.ModelProto()
+    for desc, value in model.ListFields():
+        if desc.name == "graph":
+            continue
+        repeated = getattr(desc, "is_repeated", None)  # protobuf >= 5; older ones have label
+        if repeated if repeated is not None else desc.label == desc.LABEL_REPEATED:
+            getattr(template, desc.name).extend(value)
+        elif desc.message_type is not None:
+            getattr(template, desc.name).CopyFrom(value)
+        else:
+            setattr(template, desc.name, value)
+    return template
 
 
 def _to_array(t: onnx.TensorProto) -> np.ndarray:

@@ -36,7 +36,10 @@ def _round_trip_identical(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def test_round_trip_demo(demo_model: onnx.ModelProto) -> None:
+    demo_model.doc_string = "a doc"
+    demo_model.metadata_props.add(key="origin", value="test")
     again = _round_trip_identical(demo_model)
+    assert again.doc_string == "a doc" and again.metadata_props == demo_model.metadata_props
     assert again.producer_name == demo_model.producer_name
     assert again.opset_import == demo_model.opset_import
 
