@@ -19,7 +19,7 @@ import onnx
 from irprune import report as rep
 from irprune.emit import atomic_write, to_model, verify
 from irprune.emit.verify import random_inputs, session
-from irprune.errors import CalibrationError, UsageError
+from irprune.errors import CalibrationError, InvalidModelError, UsageError
 from irprune.frontends.onnx import import_model, load_model
 from irprune.ir import Graph
 from irprune.passes.allocation import STRATEGIES, Plan, Target, allocate
@@ -71,7 +71,13 @@ def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
         raise CalibrationError(
             f"{path}: arrays {sorted(arrays)} do not match the model inputs {sorted(inputs)}"
         )
+    batches = {arr.shape[0] if arr.ndim else -1 for arr in arrays.values()}
+    if len(batches) != 1 or min(batches) < 1:
+        raise CalibrationError(f"{path}: arrays need one common, non-empty batch on axis 0")
     for name, arr in arrays.items():
+        expected = onnx.helper.tensor_dtype_to_np_dtype(inputs[name].dtype)
+        if arr.dtype != expected:
+            raise CalibrationError(f"{path}: {name!r} is {arr.dtype}, the model expects {expected}")
         shape = inputs[name].shape or ()
         if arr.ndim != len(shape) or any(
             isinstance(d, int) and d != s for d, s in zip(shape[1:], arr.shape[1:], strict=True)
@@ -171,7 +177,8 @@ def prune(
     if dry_run:
         report = _report(analysis, cost, plan, target, settings, timer)
         return Result(original, report, analysis, plan)
-    feeds = _feeds(original, graph, calib, seed)
+    reference_session = _original_session(original)
+    feeds = _feeds(reference_session, graph, calib, seed)
     drop(graph, analysis, plan)
     graph.verify()
     t = timer.lap("rewrite", t)
@@ -179,7 +186,7 @@ def prune(
     t = timer.lap("emit", t)
     outputs = verify(pruned, feeds)
     t = timer.lap("verify", t)
-    reference = session(original).run(None, feeds)
+    reference = reference_session.run(None, feeds)
     report = _report(analysis, cost, plan, target, settings, timer)
     report["fidelity"] = rep.fidelity(reference, outputs)
     report["fidelity_inputs"] = "calibration data" if calib is not None else "random inputs"
@@ -194,9 +201,17 @@ def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
         raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
 
 
-def _feeds(original: onnx.ModelProto, graph: Graph, calib: Any, seed: int) -> dict[str, np.ndarray]:
+def _original_session(original: onnx.ModelProto) -> Any:
+    try:
+        return session(original)
+    except Exception as exc:  # onnxruntime raises untyped errors
+        text = " ".join(str(exc).split())
+        raise InvalidModelError(f"onnxruntime cannot load the input model: {text}") from exc
+
+
+def _feeds(sess: Any, graph: Graph, calib: Any, seed: int) -> dict[str, np.ndarray]:
     if calib is None:
-        return random_inputs(session(original), batch=4, seed=seed)
+        return random_inputs(sess, batch=4, seed=seed)
     if isinstance(calib, Mapping):
         return {k: np.asarray(v) for k, v in calib.items()}
     return load_calibration(calib, graph)

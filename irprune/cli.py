@@ -77,6 +77,9 @@ def _run_prune(args: argparse.Namespace) -> int:
     output = args.output or args.model.with_name(args.model.stem + ".pruned.onnx")
     if output.resolve() == args.model.resolve():
         raise UsageError("the output path is the input file; choose another with -o")
+    for path in (output, args.report):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise UsageError(f"{path}: the folder {path.parent} does not exist")
     result = prune(
         args.model,
         target_flops=args.target_flops,

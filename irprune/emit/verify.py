@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,7 +46,25 @@ def session(
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises untyped errors
+        supported = _max_ir_version(str(exc))
+        if supported is None:
+            raise
+    # A newer IR version than this onnxruntime reads (onnx 1.23 stamps 14, ORT 1.31 reads 13):
+    # run a copy stamped with the version it accepts; the written model keeps its own.
+    log.info("onnxruntime reads IR version <= %d; running a copy stamped so", supported)
+    proto = onnx.ModelProto.FromString(data)
+    proto.ir_version = supported
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _max_ir_version(message: str) -> int | None:
+    match = re.search(
+        r"Unsupported model IR version: \d+, max supported IR version: (\d+)", message
+    )
+    return int(match.group(1)) if match else None
 
 
 def random_inputs(

@@ -97,8 +97,9 @@ def _infer_shapes(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
-        log.warning("shape inference failed, continuing with declared shapes: %s", exc)
-        inferred = skeleton
+        raise InvalidModelError(
+            f"ONNX shape inference rejects the model: {_first_line(exc)}"
+        ) from exc
     types: dict[str, onnx.TypeProto] = {}
     for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
         types[vi.name] = vi.type

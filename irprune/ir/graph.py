@@ -116,9 +116,13 @@ class Graph:
 
     def add_node(self, node: Node, *, index: int | None = None) -> Node:
         """Append (or insert at ``index``) a node whose inputs and outputs are already values."""
+        if len({id(o) for o in node.outputs}) != len(node.outputs):
+            raise IRError(f"{node!r} lists the same output twice")
         for out in node.outputs:
             if out.producer is not None:
                 raise IRError(f"value {out.name!r} already produced by {out.producer!r}")
+            if out.is_const or any(out is v for v in self.inputs):
+                raise IRError(f"value {out.name!r} is already defined (constant or graph input)")
             if self.values.get(out.name) is not out:
                 raise IRError(f"output {out.name!r} is not a value of this graph")
         for v in (*node.inputs, *node.implicit_inputs):
@@ -160,9 +164,12 @@ class Graph:
 
     def replace_all_uses(self, old: Value, new: Value) -> None:
         """Every reader of ``old`` (nodes and graph outputs) reads ``new`` instead."""
+        if self.values.get(new.name) is not new:
+            raise IRError(f"{new.name!r} is not a value of this graph")
+        implicit = [node for node, i in old.uses if i < 0]
+        if implicit:
+            raise IRError(f"{old.name!r} is read implicitly by a subgraph of {implicit[0]!r}")
         for node, i in list(old.uses):
-            if i < 0:
-                raise IRError(f"{old.name!r} is read implicitly by a subgraph of {node!r}")
             self.set_input(node, i, new)
         self.outputs = [new if v is old else v for v in self.outputs]
 
@@ -231,6 +238,8 @@ class Graph:
                     )
                 expected_uses.setdefault(id(v), []).append((id(node), i))
             for out in node.outputs:
+                if self.values.get(out.name) is not out:
+                    raise IRError(f"output {out.name!r} of {node!r} is not in the graph")
                 if out.producer is not node:
                     raise IRError(f"{out.name!r} does not name {node!r} as its producer")
                 if out.is_const:

@@ -94,7 +94,8 @@ def allocate(
         w[ids] = sub
         return measure(w)
 
-    _check_feasible(analysis, at(allowed.floors), total, target, ids)
+    floors = f"floors set by max_prune={max_prune:g}, round_to={allowed.n}"
+    _check_feasible(analysis, at(allowed.floors), total, target, ids, floors)
     group_scores = [np.asarray(scores.by_group[i]) for i in ids]
     if strategy == "global":
         sub = _bisect_global(group_scores, allowed, at, budget)
@@ -118,7 +119,12 @@ def allocate(
 
 
 def _check_feasible(
-    analysis: ChannelAnalysis, floor_cost: float, total: float, target: Target, ids: list[int]
+    analysis: ChannelAnalysis,
+    floor_cost: float,
+    total: float,
+    target: Target,
+    ids: list[int],
+    floors: str,
 ) -> None:
     if floor_cost <= target.fraction * total:
         return
@@ -133,7 +139,8 @@ def _check_feasible(
     )
     raise TargetError(
         f"cannot reach {target.metric} target {target.fraction:g}: with all {len(ids)} prunable "
-        f"groups at their floor the model keeps {best:.3f}" + (f"; frozen: {top}" if top else "")
+        f"groups at their floor ({floors}) the model keeps {best:.3f}"
+        + (f"; frozen: {top}" if top else "")
     )
 
 

@@ -79,3 +79,15 @@ def test_global_prefers_low_scores_uniform_spreads_evenly() -> None:
     uni = prune(model, target_flops=0.5, strategy="uniform", round_to=1, measure_latency=False)
     fracs = [g["kept"] / g["size"] for g in uni.report["groups"] if not g["frozen"]]
     assert max(fracs) - min(fracs) <= 0.15
+
+
+def test_infeasible_names_the_rounding_floor() -> None:
+    with pytest.raises(TargetError, match="round_to=1000"):
+        prune(build_demo_model(), target_flops=0.5, round_to=1000, measure_latency=False)
+
+
+def test_model_with_newer_ir_version_is_verified_and_keeps_its_version() -> None:
+    model = build_demo_model()
+    model.ir_version = 14  # what onnx 1.23 stamps; onnxruntime 1.31 reads at most 13
+    result = prune(model, target_flops=0.5, measure_latency=False)
+    assert result.model.ir_version == 14

@@ -1,0 +1,176 @@
+"""Independent cost oracles for tests: MAC and parameter counts straight from the ONNX op specs.
+
+This module deliberately shares no code with irprune (it must not import it), so tests can check
+the cost model used for allocation against a second, separately written counter.
+
+Counting rules (multiply-accumulates, bias additions and elementwise ops not counted):
+
+- Conv: prod(output spatial) * C_out * (C_in / group) * prod(kernel). The weight has shape
+  [C_out, C_in / group, k1, k2, ...], so this is prod(out spatial) * prod(W.shape).
+- ConvTranspose: every input pixel scatters a kernel for C_out / group output channels:
+  prod(input spatial) * C_in * (C_out / group) * prod(kernel) = prod(in spatial) * prod(W.shape).
+- Gemm: M * N * K, where A is [M, K] (or [K, M] with transA) and B is [K, N] (or [N, K] with
+  transB).
+- MatMul: prod(output dims except the last) * N * K = prod(output dims) * K, with K the last dim
+  of A (numpy matmul semantics, rank-1 operands included).
+
+Batch and symbolic dims count as 1. Weight shapes come from the initializers; every other shape
+from ``onnx.shape_inference.infer_shapes`` run on a copy of the model without its value_info (so
+shapes recorded by whoever wrote the file are not trusted). A shape the oracle needs but cannot
+know (e.g. downstream of an op without a schema) raises ValueError rather than being guessed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+_Shape = tuple[int | str | None, ...]
+
+
+def _dims(type_proto: onnx.TypeProto) -> _Shape | None:
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    out: list[int | str | None] = []
+    for d in type_proto.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            out.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            out.append(d.dim_param)
+        else:
+            out.append(None)
+    return tuple(out)
+
+
+def _known_shapes(model: onnx.ModelProto) -> dict[str, _Shape]:
+    """name -> shape for every main-graph value shape inference or the initializers can give."""
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    bare.graph.ClearField("value_info")
+    inferred = onnx.shape_inference.infer_shapes(bare, strict_mode=True, data_prop=True)
+    shapes: dict[str, _Shape] = {}
+    for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        dims = _dims(vi.type)
+        if dims is not None:
+            shapes[vi.name] = dims
+    for init in model.graph.initializer:  # initializer shapes are the ground truth
+        shapes[init.name] = tuple(int(d) for d in init.dims)
+    return shapes
+
+
+def _size(dims: Sequence[int | str | None]) -> int:
+    """Product of dims, counting symbolic or unknown ones as 1."""
+    return math.prod(d if isinstance(d, int) else 1 for d in dims)
+
+
+def _shape(shapes: dict[str, _Shape], name: str, node: onnx.NodeProto) -> _Shape:
+    if name not in shapes:
+        raise ValueError(f"{node.op_type} {node.name!r}: no shape known for {name!r}")
+    return shapes[name]
+
+
+def _static(dim: int | str | None, what: str, node: onnx.NodeProto) -> int:
+    if not isinstance(dim, int):
+        raise ValueError(f"{node.op_type} {node.name!r}: {what} is not static ({dim!r})")
+    return dim
+
+
+def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    for a in node.attribute:
+        if a.name == name:
+            return int(helper.get_attribute_value(a))
+    return default
+
+
+def _conv_macs(node: onnx.NodeProto, shapes: dict[str, _Shape]) -> int:
+    w = _shape(shapes, node.input[1], node)
+    y = _shape(shapes, node.output[0], node)
+    c_out = _static(w[0], "C_out", node)
+    c_in_per_group = _static(w[1], "C_in / group", node)
+    kernel = [_static(k, "kernel size", node) for k in w[2:]]
+    out_spatial = y[2:]
+    return _size(out_spatial) * c_out * c_in_per_group * math.prod(kernel)
+
+
+def _conv_transpose_macs(node: onnx.NodeProto, shapes: dict[str, _Shape]) -> int:
+    x = _shape(shapes, node.input[0], node)
+    w = _shape(shapes, node.input[1], node)
+    c_in = _static(w[0], "C_in", node)
+    c_out_per_group = _static(w[1], "C_out / group", node)
+    kernel = [_static(k, "kernel size", node) for k in w[2:]]
+    in_spatial = x[2:]
+    return _size(in_spatial) * c_in * c_out_per_group * math.prod(kernel)
+
+
+def _gemm_macs(node: onnx.NodeProto, shapes: dict[str, _Shape]) -> int:
+    a = _shape(shapes, node.input[0], node)
+    b = _shape(shapes, node.input[1], node)
+    m, k = (a[1], a[0]) if _attr(node, "transA", 0) else (a[0], a[1])
+    k_b, n = (b[1], b[0]) if _attr(node, "transB", 0) else (b[0], b[1])
+    if isinstance(k, int) and isinstance(k_b, int) and k != k_b:
+        raise ValueError(f"Gemm {node.name!r}: inner dims differ ({k} vs {k_b})")
+    k = k if isinstance(k, int) else k_b
+    return _size([m, n, k])
+
+
+def _matmul_macs(node: onnx.NodeProto, shapes: dict[str, _Shape]) -> int:
+    a = _shape(shapes, node.input[0], node)
+    y = _shape(shapes, node.output[0], node)
+    k = a[-1]
+    if not isinstance(k, int):  # fall back to B's reduction dim
+        b = _shape(shapes, node.input[1], node)
+        k = b[0] if len(b) == 1 else b[-2]
+    # numpy semantics: a rank-1 B drops the last output dim, so the output holds every M*N pair
+    return _size(y) * _static(k, "K", node)
+
+
+_MACS = {
+    "Conv": _conv_macs,
+    "ConvTranspose": _conv_transpose_macs,
+    "Gemm": _gemm_macs,
+    "MatMul": _matmul_macs,
+}
+
+
+def count_macs(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul nodes of the main graph."""
+    shapes = _known_shapes(model)
+    total = 0
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type in _MACS:
+            total += _MACS[node.op_type](node, shapes)
+    return total
+
+
+def _node_inputs(graph: onnx.GraphProto) -> Iterator[str]:
+    """Every name a node reads, subgraphs (If/Loop/Scan bodies) included."""
+    for node in graph.node:
+        yield from (name for name in node.input if name)
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _node_inputs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _node_inputs(g)
+
+
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+}
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Elements of the floating-point initializers that some node reads."""
+    used = set(_node_inputs(model.graph))
+    return sum(
+        int(np.prod(init.dims, dtype=np.int64))
+        for init in model.graph.initializer
+        if init.data_type in _FLOAT_TYPES and init.name in used
+    )
