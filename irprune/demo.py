@@ -8,6 +8,8 @@ Input ``input`` [batch, 3, 32, 32], output ``logits`` [batch, 10].
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -43,7 +45,9 @@ class _Builder:
         beta = self.rng.normal(0, 0.1, cout)
         mean = self.rng.normal(0, 0.1, cout)
         var = self.rng.uniform(0.5, 1.5, cout)
-        attrs = dict(kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4, group=group)
+        attrs: dict[str, Any] = dict(
+            kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4, group=group
+        )
         if self.explicit_bn:
             self.nodes.append(
                 helper.make_node("Conv", [x, self._const(f"{name}.w", w)], [name], name, **attrs)
@@ -64,7 +68,7 @@ class _Builder:
         self.nodes.append(helper.make_node("Conv", inputs, [name], name, **attrs))
         return name
 
-    def op(self, op_type: str, inputs: list[str], **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
         out = self._name(op_type.lower())
         self.nodes.append(helper.make_node(op_type, inputs, [out], out, **attrs))
         return out

@@ -65,9 +65,9 @@ def _boundary_info(v: Value, io: dict[str, bytes]) -> onnx.ValueInfoProto:
     original = io.get(v.name)
     if original is not None:
         vi = onnx.ValueInfoProto.FromString(original)
-        if not v.is_const or _declared_shape(vi) == tuple(v.const.shape):
+        if v.const is None or _declared_shape(vi) == tuple(v.const.shape):
             return vi
-    if v.is_const:
+    if v.const is not None:
         return helper.make_tensor_value_info(v.name, v.dtype, list(v.const.shape))
     if v.shape is None:
         raise ValueError(f"graph boundary value {v.name!r} has no known type")

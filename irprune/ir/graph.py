@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from irprune.errors import IRError
+from irprune.errors import InvalidModelError, IRError
 
 Dim = int | str | None
 Shape = tuple[Dim, ...]
@@ -86,7 +86,15 @@ class Node:
         return ("" if self.domain == "ai.onnx" else self.domain, self.op_type)
 
     def input(self, i: int) -> Value | None:
+        """Optional input ``i`` (None when absent)."""
         return self.inputs[i] if i < len(self.inputs) else None
+
+    def required(self, i: int) -> Value:
+        """Input ``i``, which the operator requires."""
+        value = self.input(i)
+        if value is None:
+            raise InvalidModelError(f"{self!r} lacks its required input {i}")
+        return value
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
@@ -251,7 +259,7 @@ class Graph:
             got = sorted((id(n), i) for n, i in v.uses)
             if got != sorted(expected_uses.get(id(v), [])):
                 raise IRError(f"use list of {v.name!r} is out of sync with node inputs")
-            if v.is_const and v.shape is not None and tuple(v.const.shape) != v.shape:
+            if v.const is not None and v.shape is not None and tuple(v.const.shape) != v.shape:
                 raise IRError(f"constant {v.name!r} has shape {v.const.shape}, recorded {v.shape}")
         for v in self.outputs:
             if id(v) not in defined:

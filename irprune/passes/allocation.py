@@ -151,7 +151,8 @@ def _bisect_global(
     budget: float,
 ) -> np.ndarray:
     flat = np.concatenate(group_scores) if group_scores else np.zeros(0)
-    owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(group_scores)] or [[]])
+    owners = [np.full(len(s), i, dtype=np.int64) for i, s in enumerate(group_scores)]
+    owner = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
     order = np.argsort(flat, kind="stable")
     owner_sorted = owner[order].astype(np.int64)
 

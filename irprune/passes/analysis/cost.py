@@ -126,10 +126,10 @@ def build_cost_model(graph: Graph, analysis: ChannelAnalysis) -> CostModel:
         rule = RULES.get(node.key)
         if rule is not None and rule.macs is not None:
             mac_items += [(t.coef, list(t.factors)) for t in rule.macs(node)]
-    consts = [v for v in graph.constants() if v.uses]
-    axes_of = [[(v, a) for a in range(v.const.ndim)] for v in consts]
-    is_float = [float(np.issubdtype(v.const.dtype, np.floating)) for v in consts]
-    itemsize = [float(v.const.dtype.itemsize) for v in consts]
+    consts = [(v, v.const) for v in graph.constants() if v.uses and v.const is not None]
+    axes_of = [[(v, a) for a in range(data.ndim)] for v, data in consts]
+    is_float = [float(np.issubdtype(data.dtype, np.floating)) for _, data in consts]
+    itemsize = [float(data.dtype.itemsize) for _, data in consts]
     macs = b.terms(mac_items)
     params = b.terms([(f, axes) for f, axes in zip(is_float, axes_of, strict=True)])
     nbytes = b.terms([(s, axes) for s, axes in zip(itemsize, axes_of, strict=True)])

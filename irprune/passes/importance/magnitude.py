@@ -41,7 +41,7 @@ def _bn_scale(graph: Graph, src: Source) -> np.ndarray | None:
     if out is None:
         return None
     for node in graph.consumers(out):
-        if node.op_type == "BatchNormalization" and node.inputs[0] is out:
+        if node.op_type == "BatchNormalization" and node.required(0) is out:
             gamma, var = node.input(1), node.input(4)
             if gamma is None or var is None or gamma.const is None or var.const is None:
                 return None

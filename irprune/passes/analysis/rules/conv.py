@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 
 
 def _is_depthwise(node: Node) -> bool:
-    w = node.inputs[1]
+    w = node.required(1)
     group = node.attr("group", 1)
-    cin = node.inputs[0].static_dim(1)
+    cin = node.required(0).static_dim(1)
     return (
         group > 1
         and w is not None
@@ -40,7 +40,7 @@ def _is_depthwise(node: Node) -> bool:
 
 
 def _conv(ctx: Context, node: Node) -> None:
-    x, w, y = node.inputs[0], node.input(1), node.outputs[0]
+    x, w, y = node.required(0), node.input(1), node.outputs[0]
     if w is None or w.const is None:
         ctx.refuse(node, "weights are not constant")
         return
@@ -68,13 +68,13 @@ def _conv(ctx: Context, node: Node) -> None:
 def _conv_rewrite(node: Node, new_shape: ShapeOf) -> NodeEdit | None:
     if not _is_depthwise(node):
         return None
-    shape = new_shape(node.inputs[0])
+    shape = new_shape(node.required(0))
     assert shape is not None and isinstance(shape[1], int)
     return NodeEdit(attrs={"group": shape[1]})
 
 
 def _conv_macs(node: Node) -> list[Term]:
-    w, y = node.inputs[1], node.outputs[0]
+    w, y = node.required(1), node.outputs[0]
     if w is None or w.const is None:
         return []
     coef = static_product(y.shape, skip={1})
@@ -85,7 +85,7 @@ def _norm(ctx: Context, node: Node) -> None:
     if len([o for o in node.outputs if o.uses]) > 1 or node.attr("training_mode", 0):
         ctx.refuse(node, "training-mode normalisation")
         return
-    layout = ctx.get(node.inputs[0], 1)
+    layout = ctx.get(node.required(0), 1)
     if layout is None:
         return
     ctx.tie(node, 0, 1, layout)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def _unary(ctx: Context, node: Node) -> None:
-    x = node.inputs[0]
+    x = node.required(0)
     for axis, layout in ctx.axes(x).items():
         ctx.tie(node, 0, axis, layout)
         for out in node.outputs:
@@ -57,7 +57,7 @@ def _broadcast(ctx: Context, node: Node) -> None:
 
 
 def _softmax(ctx: Context, node: Node) -> None:
-    x = node.inputs[0]
+    x = node.required(0)
     if x.rank is None:
         return
     axis = node.attr("axis", -1 if ctx.opset >= 13 else 1) % x.rank

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def _gemm(ctx: Context, node: Node) -> None:
-    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    a, b, y = node.required(0), node.required(1), node.outputs[0]
     if b is None or b.const is None or b.const.ndim != 2:
         ctx.refuse(node, "weights are not a constant matrix")
         return
@@ -38,7 +38,7 @@ def _gemm(ctx: Context, node: Node) -> None:
 
 
 def _matmul(ctx: Context, node: Node) -> None:
-    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    a, b, y = node.required(0), node.required(1), node.outputs[0]
     if b is None or b.const is None or b.const.ndim != 2 or a.rank is None or a.rank < 2:
         ctx.refuse(node, "MatMul without a constant weight matrix is not supported yet")
         return
@@ -52,7 +52,7 @@ def _matmul(ctx: Context, node: Node) -> None:
 
 
 def _weight_macs(node: Node, skip_last: bool) -> list[Term]:
-    b, y = node.inputs[1], node.outputs[0]
+    b, y = node.required(1), node.outputs[0]
     if b is None or b.const is None or y.rank is None:
         return []
     skip = {y.rank - 1} if skip_last else {1}

@@ -25,7 +25,7 @@ def _pool(ctx: Context, node: Node) -> None:
     if len(node.outputs) > 1 and node.outputs[1].uses:
         ctx.refuse(node, "MaxPool Indices output is used")
         return
-    for axis, layout in ctx.axes(node.inputs[0]).items():
+    for axis, layout in ctx.axes(node.required(0)).items():
         if axis in (0, 1):
             ctx.tie(node, 0, axis, layout)
             ctx.set_layout(node.outputs[0], axis, layout)
@@ -35,7 +35,7 @@ _AXES_INPUT_SINCE = {"ReduceSum": 13}
 
 
 def _reduce(ctx: Context, node: Node) -> None:
-    x = node.inputs[0]
+    x = node.required(0)
     if x.rank is None:
         return
     since = _AXES_INPUT_SINCE.get(node.op_type, 18)

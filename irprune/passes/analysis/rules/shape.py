@@ -65,7 +65,7 @@ def _concat(ctx: Context, node: Node) -> None:
 
 def _merge_into(ctx: Context, node: Node, dims: Shape, run: range, out_axis: int) -> bool:
     """Carry the (at most one) channel axis in ``run`` of the input onto ``out_axis``."""
-    x = node.inputs[0]
+    x = node.required(0)
     carried = [a for a in run if ctx.get(x, a) is not None]
     if not carried:
         return True
@@ -74,12 +74,15 @@ def _merge_into(ctx: Context, node: Node, dims: Shape, run: range, out_axis: int
         return False
     m = carried[0]
     before, after = dims[run.start : m], dims[m + 1 : run.stop]
-    if not all(isinstance(d, int) for d in (*before, *after)):
+    sizes = [_int(d) for d in (*before, *after)]
+    if any(d is None for d in sizes):
         ctx.refuse(node, "merges a channel axis with dims of unknown size")
         return False
     layout = ctx.get(x, m)
     assert layout is not None
-    merged = lay.merge_axes(layout, int(np.prod(before)), int(np.prod(after)))
+    outer = int(np.prod([d for d in sizes[: len(before)] if d is not None]))
+    inner = int(np.prod([d for d in sizes[len(before) :] if d is not None]))
+    merged = lay.merge_axes(layout, outer, inner)
     if merged is None:
         ctx.refuse(node, "merge repeats several channel segments")
         return False
@@ -89,12 +92,16 @@ def _merge_into(ctx: Context, node: Node, dims: Shape, run: range, out_axis: int
 
 
 def _flatten(ctx: Context, node: Node) -> None:
-    x = node.inputs[0]
+    x = node.required(0)
     if x.shape is None:
         return
     k = node.attr("axis", 1) % (x.rank + 1) if x.rank else 0
     if _merge_into(ctx, node, x.shape, range(0, k), 0):
         _merge_into(ctx, node, x.shape, range(k, len(x.shape)), 1)
+
+
+def _int(dim: object) -> int | None:
+    return dim if isinstance(dim, int) else None
 
 
 def _axis_runs(src: Shape, dst: Shape) -> list[tuple[range, range]] | None:
@@ -106,15 +113,18 @@ def _axis_runs(src: Shape, dst: Shape) -> list[tuple[range, range]] | None:
             runs.append((range(i, i + 1), range(j, j + 1)))
             i, j = i + 1, j + 1
             continue
-        if not isinstance(src[i], int) or not isinstance(dst[j], int):
+        p, q = _int(src[i]), _int(dst[j])
+        if p is None or q is None:
             return None
-        i0, j0, p, q = i, j, src[i], dst[j]
+        i0, j0 = i, j
         i, j = i + 1, j + 1
         while p != q:
-            if p < q and i < len(src) and isinstance(src[i], int):
-                p, i = p * src[i], i + 1
-            elif q < p and j < len(dst) and isinstance(dst[j], int):
-                q, j = q * dst[j], j + 1
+            a = _int(src[i]) if p < q and i < len(src) else None
+            b = _int(dst[j]) if q < p and j < len(dst) else None
+            if a is not None:
+                p, i = p * a, i + 1
+            elif b is not None:
+                q, j = q * b, j + 1
             else:
                 return None
         runs.append((range(i0, i), range(j0, j)))
@@ -123,11 +133,11 @@ def _axis_runs(src: Shape, dst: Shape) -> list[tuple[range, range]] | None:
 
 
 def _reshape(ctx: Context, node: Node) -> None:
-    x, y = node.inputs[0], node.outputs[0]
+    x, y = node.required(0), node.outputs[0]
     carried = ctx.axes(x)
     if not carried:
         return
-    if node.input(1) is None or node.inputs[1].const is None:
+    if node.input(1) is None or node.required(1).const is None:
         ctx.refuse(node, "target shape is computed at run time")
         return
     runs = _axis_runs(x.shape or (), y.shape or ()) if x.shape and y.shape else None
@@ -158,7 +168,7 @@ def _reshape_rewrite(node: Node, new_shape: ShapeOf) -> NodeEdit | None:
 
 
 def _transpose(ctx: Context, node: Node) -> None:
-    x, y = node.inputs[0], node.outputs[0]
+    x, y = node.required(0), node.outputs[0]
     if x.rank is None:
         return
     perm = node.attr("perm") or list(reversed(range(x.rank)))
@@ -170,7 +180,7 @@ def _transpose(ctx: Context, node: Node) -> None:
 
 
 def _renumber(ctx: Context, node: Node, squeeze: bool) -> None:
-    x, y = node.inputs[0], node.outputs[0]
+    x, y = node.required(0), node.outputs[0]
     if x.rank is None or y.rank is None or not ctx.axes(x):
         return
     axes = axes_arg(ctx.opset, node, since=13)
