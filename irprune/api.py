@@ -31,7 +31,7 @@ from irprune.passes.rewrite.drop import drop
 log = logging.getLogger(__name__)
 
 REWRITES = ("drop",)
-DEFAULT_ROUND_TO = 8
+DEFAULT_ROUND_TO = 16  # measured: benchmarks/spine.py, see README
 DEFAULT_MAX_PRUNE = 0.9
 
 
@@ -41,9 +41,10 @@ class Result:
     report: dict[str, Any]
     analysis: ChannelAnalysis = field(repr=False)
     plan: Plan | None = field(default=None, repr=False)
+    serialized: bytes | None = field(default=None, repr=False)
 
     def save(self, path: str | Path) -> Path:
-        return atomic_write(self.model, path)
+        return atomic_write(self.serialized or self.model, path)
 
     def to_torch(self) -> Any:
         raise NotImplementedError("the torch backend is not available in this version")
@@ -166,6 +167,7 @@ def prune(
     )
     t = timer.lap("allocation", t)
     settings = dict(
+        round_to_applied=plan.round_to,
         criterion=criterion,
         strategy=strategy,
         rewrite=rewrite,
@@ -177,23 +179,30 @@ def prune(
     if dry_run:
         report = _report(analysis, cost, plan, target, settings, timer)
         return Result(original, report, analysis, plan)
-    reference_session = _original_session(original)
+    original_bytes = original.SerializeToString()
+    reference_session = _original_session(original_bytes)
     feeds = _feeds(reference_session, graph, calib, seed)
+    reference = reference_session.run(None, feeds)
+    del reference_session
+    t = timer.lap("reference", t)
     drop(graph, analysis, plan)
     graph.verify()
     t = timer.lap("rewrite", t)
     pruned = to_model(graph)
+    pruned_bytes = pruned.SerializeToString()
     t = timer.lap("emit", t)
-    outputs = verify(pruned, feeds)
+    outputs = verify(pruned_bytes, feeds)
     t = timer.lap("verify", t)
-    reference = reference_session.run(None, feeds)
+    latency = None
+    if measure_latency:
+        latency = rep.latency(original_bytes, pruned_bytes, feeds, threads=latency_threads)
+        timer.lap("latency", t)
     report = _report(analysis, cost, plan, target, settings, timer)
     report["fidelity"] = rep.fidelity(reference, outputs)
     report["fidelity_inputs"] = "calibration data" if calib is not None else "random inputs"
-    if measure_latency:
-        report["latency"] = rep.latency(original, pruned, feeds, threads=latency_threads)
-    timer.lap("measure", t)
-    return Result(pruned, report, analysis, plan)
+    if latency is not None:
+        report["latency"] = latency
+    return Result(pruned, report, analysis, plan, serialized=pruned_bytes)
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -201,7 +210,7 @@ def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
         raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
 
 
-def _original_session(original: onnx.ModelProto) -> Any:
+def _original_session(original: bytes) -> Any:
     try:
         return session(original)
     except Exception as exc:  # onnxruntime raises untyped errors

@@ -32,8 +32,8 @@ def fidelity(reference: list[np.ndarray], pruned: list[np.ndarray]) -> dict[str,
 
 
 def latency(
-    original: onnx.ModelProto,
-    pruned: onnx.ModelProto,
+    original: onnx.ModelProto | bytes,
+    pruned: onnx.ModelProto | bytes,
     feeds: Mapping[str, np.ndarray],
     *,
     threads: int = 1,
@@ -79,6 +79,12 @@ def format_table(report: Mapping[str, Any]) -> str:
         lines.append(
             f"{'latency':10}{lat['before_ms']:>10.2f}ms{lat['after_ms']:>10.2f}ms"
             f"{lat['speedup']:>8.2f}x  (onnxruntime CPU, {lat['threads']} thread)"
+        )
+    settings = report.get("settings", {})
+    if settings.get("round_to_applied", settings.get("round_to")) != settings.get("round_to"):
+        lines.append(
+            f"round-to {settings['round_to']} could not reach the target; "
+            f"widths rounded to {settings['round_to_applied']}"
         )
     groups = report["groups"]
     pruned = [g for g in groups if g["kept"] < g["size"]]

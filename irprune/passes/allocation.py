@@ -9,10 +9,11 @@ The contract: the pruned model's cost is at most F x the original and at least (
 
 Widths honour a floor per group (``max_prune``: at most that fraction removed, at least one
 channel kept) and ``round_to`` (kept widths are multiples of N, or the full width, where the
-group allows). Because widths move in steps, the bisection stops just under the target; a
-greedy fill then adds back the best removed channels while the cost stays under it. If steps of
-N cannot land inside the window, a second fill adds single channels: the window is the contract,
-rounding only a preference.
+group allows; while rounding alone makes the target unreachable, N is halved, and the report
+says which N was applied). Because widths move in steps, the bisection stops just under the
+target; a greedy fill then adds back the best removed channels while the cost stays under it. If
+steps of N cannot land inside the window, a second fill adds single channels: the window is the
+contract, rounding only a preference.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Plan:
     widths: np.ndarray  # kept width of every group (unpruned groups: full size)
     kept: Mapping[int, np.ndarray]  # sorted kept channel indices of every group that shrinks
     ratio: float  # achieved cost / original cost, by the cost model, for the target metric
+    round_to: int = 1  # the rounding applied (halved from the request while it blocked the target)
 
 
 class _Widths:
@@ -94,7 +96,10 @@ def allocate(
         w[ids] = sub
         return measure(w)
 
-    floors = f"floors set by max_prune={max_prune:g}, round_to={allowed.n}"
+    while allowed.n > 1 and at(allowed.floors) > budget:
+        log.info("round_to=%d cannot reach the target; trying %d", allowed.n, allowed.n // 2)
+        allowed = _Widths(sizes, allowed.n // 2, max_prune)
+    floors = f"floors set by max_prune={max_prune:g}"
     _check_feasible(analysis, at(allowed.floors), total, target, ids, floors)
     group_scores = [np.asarray(scores.by_group[i]) for i in ids]
     if strategy == "global":
@@ -115,7 +120,7 @@ def allocate(
         for gid, s, w in zip(ids, group_scores, sub, strict=True)
         if w < len(s)
     }
-    return Plan(widths=widths, kept=MappingProxyType(kept), ratio=ratio)
+    return Plan(widths=widths, kept=MappingProxyType(kept), ratio=ratio, round_to=allowed.n)
 
 
 def _check_feasible(

@@ -32,8 +32,11 @@ class Scores:
 
 
 def _norms(weight: np.ndarray, axis: int, p: int) -> np.ndarray:
-    w = np.moveaxis(np.asarray(weight, dtype=np.float64), axis, 0).reshape(weight.shape[axis], -1)
-    return np.abs(w).sum(axis=1) if p == 1 else np.sqrt((w * w).sum(axis=1))
+    """Per-slice L1 or L2 norm along ``axis``, accumulated in float64 without a float64 copy."""
+    others = tuple(a for a in range(weight.ndim) if a != axis)
+    if p == 1:
+        return np.abs(weight).sum(axis=others, dtype=np.float64)
+    return np.sqrt(np.square(weight).sum(axis=others, dtype=np.float64))
 
 
 def _bn_scale(graph: Graph, src: Source) -> np.ndarray | None:
