@@ -43,6 +43,11 @@ def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     """Read a model file (with its external data) or pass a ModelProto through."""
     if isinstance(source, onnx.ModelProto):
         return source
+    if not isinstance(source, str | Path):
+        raise UsageError(
+            f"cannot prune a {type(source).__name__}: give an ONNX file path or onnx.ModelProto"
+            " (torch modules need the torch.fx frontend, not available in this version)"
+        )
     path = Path(source)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")

@@ -151,3 +151,10 @@ def test_known_but_unruled_op_freezes_only_its_inputs() -> None:
     assert by_source["c1"]["frozen"] and "no channel rule" in by_source["c1"]["frozen"][0]
     assert by_source["c2"]["kept"] < 16
     assert [n.op_type for n in result.model.graph.node].count("LRN") == 1
+
+
+def test_unsupported_model_object_is_a_usage_error() -> None:
+    from irprune.errors import UsageError
+
+    with pytest.raises(UsageError, match="cannot prune a dict"):
+        prune({"not": "a model"}, target_flops=0.5)  # type: ignore[arg-type]
