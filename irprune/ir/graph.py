@@ -160,9 +160,13 @@ class Graph:
             v.uses = [(n, i) for n, i in v.uses if n is not node]
 
     def set_input(self, node: Node, index: int, value: Value | None) -> None:
-        """Rewire input ``index`` of ``node`` to ``value``."""
+        """Rewire input ``index`` of ``node`` to ``value`` (index == len(inputs) appends)."""
         if value is not None and self.values.get(value.name) is not value:
             raise IRError(f"{value.name!r} is not a value of this graph")
+        if not 0 <= index <= len(node.inputs):
+            raise IRError(f"{node!r} has no input {index}")
+        if index == len(node.inputs):
+            node.inputs = (*node.inputs, None)
         old = node.inputs[index]
         if old is not None:
             old.uses.remove((node, index))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from irprune.ir import Graph, Node, Value
@@ -95,6 +95,7 @@ class Context:
         self.bound: set[tuple[int, int, int]] = set()
         self.refused: dict[int, str] = {}
         self.labels: dict[int, str] = {}
+        self.retired: set[int] = set()
 
     # --- union-find over roots ----------------------------------------------------------------
     def find(self, root: int) -> int:
@@ -107,6 +108,116 @@ class Context:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
+
+    def _new_root(self, size: int) -> int:
+        root = len(self.parent)
+        self.parent.append(root)
+        self.sizes.append(size)
+        return root
+
+    def refine(self, root: int, pieces: Layout) -> bool:
+        """Re-express the channels of ``root``'s group as ``pieces``; False if not expressible.
+
+        ``pieces`` is a layout over the group's own channel axis (span = group size) whose roots
+        are placeholders 0..k-1: ``(Segment(0, 32), Segment(1, 32))`` cuts a 64-channel group in
+        two at 32 (Split, Slice); ``(Segment(0, 8, inner=4),)`` makes it 8 blocks of 4 (attention
+        heads, whole groups of a grouped conv). Every root coupled with ``root`` is replaced in
+        every layout by its own copy of the pieces, and copies of the same piece are joined, so
+        the coupling survives piece by piece. Every layout is checked before any is changed.
+        """
+        top = self.find(root)
+        members = [
+            r for r in range(len(self.parent)) if r not in self.retired and self.find(r) == top
+        ]
+        placeholder = {r: tuple(pieces) for r in members}
+        if any(
+            lay.substitute(layout, placeholder) is None
+            for axes in self.layouts.values()
+            for layout in axes.values()
+        ):
+            return False
+        leaders: list[int] = []
+        mapping: dict[int, Layout] = {}
+        for r in members:
+            new = [self._new_root(p.size) for p in pieces]
+            leaders = leaders or new
+            for a, b in zip(new, leaders, strict=True):
+                self._union(a, b)
+            mapping[r] = tuple(replace(p, root=n) for p, n in zip(pieces, new, strict=True))
+            for n in new:
+                if r in self.frozen:
+                    self.frozen[n] = list(self.frozen[r])
+        self.retired |= set(members)
+        self.sources = [
+            (n, src)
+            for r, src in self.sources
+            for n in (sorted(lay.roots(mapping[r])) if r in mapping else [r])
+        ]
+        for axes in self.layouts.values():
+            for axis, layout in axes.items():
+                if any(s.root in mapping for s in layout):
+                    new_layout = lay.substitute(layout, mapping)
+                    assert new_layout is not None  # checked above
+                    axes[axis] = new_layout
+        return True
+
+    def join(self, a: int, b: int, where: str) -> None:
+        """Couple two roots channel for channel (same size; e.g. the input and output blocks of a
+        grouped conv, whose layouts differ in block size), or freeze both if their sizes differ."""
+        if self.sizes[a] != self.sizes[b]:
+            self.freeze(
+                (Segment(a, self.sizes[a]), Segment(b, self.sizes[b])), f"{where}: sizes differ"
+            )
+            return
+        self._union(a, b)
+
+    def coarsen(self, root: int, block: int) -> bool:
+        """Make ``root``'s group prunable only in whole blocks of ``block`` channels."""
+        size = self.sizes[root]
+        if block <= 1:
+            return True
+        if size % block:
+            return False
+        return self.refine(root, (Segment(0, size // block, inner=block),))
+
+    def cut(self, value: Value, axis: int, offsets: list[int]) -> Layout | None:
+        """The layout of ``value``'s axis, refined so every offset falls on a segment boundary.
+
+        None when an offset falls inside a block or a repeated segment (the caller refuses).
+        """
+        for offset in offsets:
+            layout = self.get(value, axis)
+            if layout is None:
+                return None
+            start = 0
+            for s in layout:
+                if start < offset < start + s.span:
+                    inside = offset - start
+                    if s.root is None:
+                        split = (Segment(None, inside), Segment(None, s.span - inside))
+                        self._replace_fixed(value, axis, s, start, split)
+                    elif s.outer != 1 or inside % s.inner or not self._cut_root(s, inside):
+                        return None
+                    break
+                start += s.span
+        return self.get(value, axis)
+
+    def _cut_root(self, s: Segment, inside: int) -> bool:
+        k = inside // s.inner
+        base = self.sizes[s.root] if s.root is not None else 0
+        if base != s.size:  # the group was refined to another size meanwhile
+            return False
+        return self.refine(s.root, (Segment(0, k), Segment(1, s.size - k)))  # type: ignore[arg-type]
+
+    def _replace_fixed(
+        self, value: Value, axis: int, seg: Segment, start: int, pieces: tuple[Segment, ...]
+    ) -> None:
+        layout = self.layouts[id(value)][axis % max(value.rank or 1, 1)]
+        out, pos = [], 0
+        for s in layout:
+            out += list(pieces) if (pos == start and s == seg) else [s]
+            pos += s.span
+        self.layouts[id(value)][axis % max(value.rank or 1, 1)] = tuple(out)
 
     def freeze(self, layout: Layout, reason: str) -> None:
         for r in lay.roots(layout):
@@ -211,13 +322,16 @@ class Context:
 
     def result(self) -> ChannelAnalysis:
         for root, reasons in list(self.frozen.items()):
+            if root in self.retired:
+                continue
             top = self.find(root)
             if top != root:
                 merged = self.frozen.setdefault(top, [])
                 merged += [r for r in reasons if r not in merged]
-        tops = sorted({self.find(r) for r in range(len(self.parent))})
+        live = [r for r in range(len(self.parent)) if r not in self.retired]
+        tops = sorted({self.find(r) for r in live})
         gid = {top: i for i, top in enumerate(tops)}
-        relabel = {r: gid[self.find(r)] for r in range(len(self.parent))}
+        relabel = {r: gid[self.find(r)] for r in live}
         names = {id(v): v.name for v in self.graph.values.values()}
         layouts: dict[str, dict[int, Layout]] = {}
         members: dict[int, list[Space]] = {i: [] for i in gid.values()}
@@ -237,7 +351,7 @@ class Context:
             ChannelGroup(
                 id=gid[top],
                 size=self.sizes[top],
-                sources=tuple(sources[gid[top]]),
+                sources=tuple(dict.fromkeys(sources[gid[top]])),
                 members=tuple(members[gid[top]]),
                 frozen=tuple(self.frozen.get(top, ())),
             )

@@ -97,3 +97,39 @@ def resized(layout: Layout, widths: Mapping[int, int]) -> Layout:
         replace(s, size=widths[s.root]) if s.root is not None and s.root in widths else s
         for s in layout
     )
+
+
+def substitute(layout: Layout, mapping: Mapping[int, Layout]) -> Layout | None:
+    """Replace each segment of a refined root by its pieces (see ``Context.refine``).
+
+    A piece at channel offset k of root r with (size, inner, outer) lands, inside a segment of r
+    with (inner_s, outer_s), at inner = inner * inner_s and outer = outer * outer_s. Pieces stay
+    contiguous only when the segment is not repeated (outer_s == 1) or r becomes a single piece;
+    otherwise None.
+    """
+    out: list[Segment] = []
+    for s in layout:
+        pieces = mapping.get(s.root) if s.root is not None else None
+        if pieces is None:
+            out.append(s)
+            continue
+        if s.outer > 1 and len(pieces) > 1:
+            return None
+        out += [
+            Segment(p.root, p.size, inner=p.inner * s.inner, outer=p.outer * s.outer)
+            for p in pieces
+        ]
+    return tuple(out)
+
+
+def channel_positions(layout: Layout, root: int) -> list[np.ndarray]:
+    """For each segment of ``root``: positions as an array [outer, size, inner]."""
+    found, offset = [], 0
+    for s in layout:
+        if s.root == root:
+            o = np.arange(s.outer)[:, None, None] * (s.size * s.inner)
+            c = np.arange(s.size)[None, :, None] * s.inner
+            i = np.arange(s.inner)[None, None, :]
+            found.append(offset + o + c + i)
+        offset += s.span
+    return found

@@ -20,8 +20,18 @@ from irprune.passes.allocation import Plan
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.rules import RULES, NodeEdit
+from irprune.passes.analysis.rules.base import RewriteView
 
 log = logging.getLogger(__name__)
+
+
+_INT64 = 7  # ONNX TensorProto.INT64: the only dtype rewrite hooks add (shape-like inputs)
+
+
+def _onnx_dtype(data: np.ndarray) -> int:
+    if data.dtype != np.int64:
+        raise ValueError(f"rewrite hooks add int64 inputs only, got {data.dtype}")
+    return _INT64
 
 
 @dataclass(frozen=True)
@@ -56,11 +66,16 @@ def drop(graph: Graph, analysis: ChannelAnalysis, plan: Plan) -> DropSummary:
             return tuple(new_const[v].shape)
         return new_shape.get(v, v.shape)
 
+    view = RewriteView(
+        shape=shape_of,
+        layout=lambda v, axis: analysis.layout(v.name, axis),
+        positions=lambda layout: lay.positions(layout, kept),
+    )
     edits: list[tuple[Node, NodeEdit]] = []
     for node in graph.nodes:
         rule = RULES.get(node.key)
         if rule is not None and rule.rewrite is not None:
-            edit = rule.rewrite(node, shape_of)
+            edit = rule.rewrite(node, view)
             if edit is not None:
                 edits.append((node, edit))
     _apply(graph, new_const, new_shape, edits)
@@ -82,10 +97,16 @@ def _apply(
         value.shape = shape
     for node, edit in edits:
         node.attrs.update(edit.attrs)
-        for i, data in edit.const_inputs.items():
-            old = node.inputs[i]
-            assert old is not None
-            if len(old.uses) == 1 and not graph.is_graph_output(old):
+        for name in edit.drop_attrs:
+            node.attrs.pop(name, None)
+        for i, data in sorted(edit.const_inputs.items()):
+            old = node.input(i)
+            if old is None:
+                base = f"{node.name or node.op_type}_input{i}"
+                added = Value(graph.unique_name(base), _onnx_dtype(data), data.shape, const=data)
+                graph.add_value(added)
+                graph.set_input(node, i, added)
+            elif len(old.uses) == 1 and not graph.is_graph_output(old):
                 old.const, old.shape = data, tuple(data.shape)
             else:
                 clone = Value(graph.unique_name(old.name), old.dtype, tuple(data.shape), const=data)

@@ -268,3 +268,45 @@ def test_matmul_mlp_with_unsqueeze_squeeze() -> None:
     analysis = drop_half_and_check(model)
     g = group_of(analysis, "up")
     assert g.prunable and g.size == 32
+
+
+def _split_model(opset: int, split_kind: str) -> onnx.ModelProto:
+    """conv(10) -> Split [4, 6] -> conv each; the cut at 4 splits the conv's group in two."""
+    if split_kind == "input":
+        split = helper.make_node("Split", ["a", "sizes"], ["p", "q"], axis=1)
+        inits = {"sizes": np.array([4, 6], dtype=np.int64)}
+    elif split_kind == "attr":
+        split = helper.make_node("Split", ["a"], ["p", "q"], axis=1, split=[4, 6])
+        inits = {}
+    else:
+        split = helper.make_node("Split", ["a"], ["p", "q"], axis=1, num_outputs=2)
+        inits = {}
+    sizes = [4, 6] if split_kind != "even" else [5, 5]
+    return make_model(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["a"], "c1"),
+            split,
+            helper.make_node("Conv", ["p", "wp"], ["op"], "cp"),
+            helper.make_node("Conv", ["q", "wq"], ["oq"], "cq"),
+            helper.make_node("Add", ["op", "oq"], ["out"]),
+        ],
+        [("x", ["N", 3, 4, 4])],
+        [("out", ["N", 2, 4, 4])],
+        {
+            "w1": w(10, 3, 1, 1),
+            "wp": w(2, sizes[0], 1, 1),
+            "wq": w(2, sizes[1], 1, 1),
+            **inits,
+        },
+        opset=opset,
+    )
+
+
+def test_split_cuts_the_group_and_rewrites_sizes() -> None:
+    for opset, kind in [(13, "input"), (11, "attr"), (18, "even"), (18, "input")]:
+        model = _split_model(opset, kind)
+        analysis = drop_half_and_check(model)
+        groups = [g for g in analysis.groups if any(s.node == "c1" for s in g.sources)]
+        assert len(groups) == 2 and all(g.prunable for g in groups), (opset, kind)
+        expected = [4, 6] if kind != "even" else [5, 5]
+        assert sorted(g.size for g in groups) == sorted(expected)

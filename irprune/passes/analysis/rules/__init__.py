@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from irprune.passes.analysis.rules import conv, elementwise, linear, pool, shape
+from irprune.passes.analysis.rules import conv, elementwise, linear, pool, shape, slicing
 from irprune.passes.analysis.rules.base import NodeEdit, OpRule, Term
 
 _table: dict[tuple[str, str], OpRule] = {
@@ -23,6 +23,7 @@ _table: dict[tuple[str, str], OpRule] = {
     ("", "Transpose"): shape.TRANSPOSE,
     ("", "Squeeze"): shape.SQUEEZE,
     ("", "Unsqueeze"): shape.UNSQUEEZE,
+    ("", "Split"): slicing.SPLIT,
 }
 _table.update({("", op): elementwise.UNARY for op in elementwise.UNARY_OPS})
 _table.update({("", op): elementwise.BROADCAST for op in elementwise.BROADCAST_OPS})

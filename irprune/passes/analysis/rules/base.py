@@ -1,7 +1,7 @@
 """The shape of an op rule: how channels flow, how the node is fixed up after slicing, its cost.
 
 - ``propagate(ctx, node)`` relates the node's input and output axes (see ``channels.Context``).
-- ``rewrite(node, new_shape)`` returns the attribute and constant-input edits the node needs once
+- ``rewrite(node, view)`` returns the attribute and constant-input edits the node needs once
   every tensor has been sliced (a depthwise conv's ``group``, a Reshape's target shape); slicing
   itself is generic and needs no rule.
 - ``macs(node)`` returns the node's multiply-accumulates as terms ``coef * prod(factors)``, each
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from irprune.ir import Node, Shape, Value
+from irprune.passes.analysis.layout import Layout
 
 if TYPE_CHECKING:
     from irprune.passes.analysis.channels import Context
@@ -32,17 +33,30 @@ class Term:
 
 @dataclass(frozen=True)
 class NodeEdit:
+    """Attributes to set or drop, and constant inputs to replace (or append, at len(inputs))."""
+
     attrs: dict[str, Any] = field(default_factory=dict)
     const_inputs: dict[int, np.ndarray] = field(default_factory=dict)
+    drop_attrs: tuple[str, ...] = ()
 
 
-ShapeOf = Callable[[Value], Shape | None]
+@dataclass(frozen=True)
+class RewriteView:
+    """What a node's rewrite hook may ask about the plan being applied (nothing is changed yet).
+
+    ``shape(v)``: v's shape after slicing; ``layout(v, axis)``: v's layout before slicing;
+    ``positions(layout)``: the surviving indices along an axis with that layout.
+    """
+
+    shape: Callable[[Value], Shape | None]
+    layout: Callable[[Value, int], Layout | None]
+    positions: Callable[[Layout], np.ndarray]
 
 
 @dataclass(frozen=True)
 class OpRule:
     propagate: Callable[[Context, Node], None]
-    rewrite: Callable[[Node, ShapeOf], NodeEdit | None] | None = None
+    rewrite: Callable[[Node, RewriteView], NodeEdit | None] | None = None
     macs: Callable[[Node], list[Term]] | None = None
 
 

@@ -21,7 +21,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from irprune.ir import Node
-from irprune.passes.analysis.rules.base import NodeEdit, OpRule, ShapeOf, Term, static_product
+from irprune.passes.analysis.rules.base import (
+    NodeEdit,
+    OpRule,
+    RewriteView,
+    Term,
+    static_product,
+)
 
 if TYPE_CHECKING:
     from irprune.passes.analysis.channels import Context
@@ -65,10 +71,10 @@ def _conv(ctx: Context, node: Node) -> None:
         ctx.tie(node, 2, 0, out)
 
 
-def _conv_rewrite(node: Node, new_shape: ShapeOf) -> NodeEdit | None:
+def _conv_rewrite(node: Node, view: RewriteView) -> NodeEdit | None:
     if not _is_depthwise(node):
         return None
-    shape = new_shape(node.required(0))
+    shape = view.shape(node.required(0))
     assert shape is not None and isinstance(shape[1], int)
     return NodeEdit(attrs={"group": shape[1]})
 

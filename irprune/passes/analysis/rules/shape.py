@@ -25,7 +25,13 @@ import numpy as np
 from irprune.ir import Node, Shape
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.layout import Segment
-from irprune.passes.analysis.rules.base import NodeEdit, OpRule, ShapeOf, axes_arg, const_ints
+from irprune.passes.analysis.rules.base import (
+    NodeEdit,
+    OpRule,
+    RewriteView,
+    axes_arg,
+    const_ints,
+)
 
 if TYPE_CHECKING:
     from irprune.passes.analysis.channels import Context
@@ -155,9 +161,9 @@ def _reshape(ctx: Context, node: Node) -> None:
             return
 
 
-def _reshape_rewrite(node: Node, new_shape: ShapeOf) -> NodeEdit | None:
+def _reshape_rewrite(node: Node, view: RewriteView) -> NodeEdit | None:
     target = const_ints(node.input(1))
-    new_out = new_shape(node.outputs[0])
+    new_out = view.shape(node.outputs[0])
     if target is None or new_out is None or new_out == node.outputs[0].shape:
         return None
     updated = [
