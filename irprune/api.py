@@ -152,7 +152,8 @@ def prune(
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
     t = timer.lap("analysis", t)
-    scores = score(graph, analysis, criterion, seed=seed)
+    calib_feeds = _calib_feeds(graph, calib)
+    scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds)
     t = timer.lap("importance", t)
     skip = _resolve_ignore(graph, analysis, ignore)
     plan = allocate(
@@ -181,7 +182,7 @@ def prune(
         return Result(original, report, analysis, plan)
     original_bytes = original.SerializeToString()
     reference_session = _original_session(original_bytes)
-    feeds = _feeds(reference_session, graph, calib, seed)
+    feeds = _feeds(reference_session, calib_feeds, seed)
     reference = reference_session.run(None, feeds)
     del reference_session
     t = timer.lap("reference", t)
@@ -218,12 +219,20 @@ def _original_session(original: bytes) -> Any:
         raise InvalidModelError(f"onnxruntime cannot load the input model: {text}") from exc
 
 
-def _feeds(sess: Any, graph: Graph, calib: Any, seed: int) -> dict[str, np.ndarray]:
+def _calib_feeds(graph: Graph, calib: Any) -> dict[str, np.ndarray] | None:
     if calib is None:
-        return random_inputs(sess, batch=4, seed=seed)
+        return None
     if isinstance(calib, Mapping):
         return {k: np.asarray(v) for k, v in calib.items()}
     return load_calibration(calib, graph)
+
+
+def _feeds(
+    sess: Any, calib_feeds: dict[str, np.ndarray] | None, seed: int
+) -> dict[str, np.ndarray]:
+    if calib_feeds is None:
+        return random_inputs(sess, batch=4, seed=seed)
+    return calib_feeds
 
 
 def _report(

@@ -11,10 +11,6 @@ group averages 1, so one global ranking is fair to small and large layers alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
-
 import numpy as np
 
 from irprune.ir import Graph
@@ -22,14 +18,6 @@ from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis, ChannelGroup, Source
 
 _EPS = 1e-12
-
-
-@dataclass(frozen=True)
-class Scores:
-    """Per-channel importance of each prunable group (higher = keep)."""
-
-    criterion: str
-    by_group: Mapping[int, np.ndarray]
 
 
 def _energy(weight: np.ndarray, axis: int, p: int) -> np.ndarray:
@@ -40,12 +28,13 @@ def _energy(weight: np.ndarray, axis: int, p: int) -> np.ndarray:
     return np.square(weight).sum(axis=others, dtype=np.float64)
 
 
-def _bn_scale(graph: Graph, src: Source) -> np.ndarray | None:
+def bn_scale(graph: Graph, src: Source) -> np.ndarray | None:
+    """|scale / sqrt(var + eps)| of a BatchNormalization reading the source's output, if any."""
     out = graph.values.get(src.output)
     if out is None:
         return None
     for node in graph.consumers(out):
-        if node.op_type == "BatchNormalization" and node.required(0) is out:
+        if node.op_type == "BatchNormalization" and node.inputs[0] is out:
             gamma, var = node.input(1), node.input(4)
             if gamma is None or var is None or gamma.const is None or var.const is None:
                 return None
@@ -54,15 +43,22 @@ def _bn_scale(graph: Graph, src: Source) -> np.ndarray | None:
     return None
 
 
-def _magnitude(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup, p: int) -> np.ndarray:
+def magnitude(
+    graph: Graph,
+    analysis: ChannelAnalysis,
+    group: ChannelGroup,
+    p: int,
+    sources: tuple[Source, ...] | None = None,
+) -> np.ndarray:
     """Each source's per-channel norm (a channel may be a block of positions), normalised."""
+    srcs = group.sources if sources is None else sources
     total = np.zeros(group.size)
-    for src in group.sources:
+    for src in srcs:
         weight = graph.values[src.weight].const
         layout = analysis.layout(src.weight, src.axis)
         assert weight is not None and layout is not None
         energy = _energy(weight, src.axis, p)
-        scale = _bn_scale(graph, src)
+        scale = bn_scale(graph, src)
         if scale is not None and scale.shape == energy.shape:
             energy = energy * (scale if p == 1 else scale * scale)
         chans = np.zeros(group.size)
@@ -70,30 +66,16 @@ def _magnitude(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup, p: 
             chans += energy[pos].sum(axis=(0, 2))
         norms = chans if p == 1 else np.sqrt(chans)
         total += norms / (norms.mean() + _EPS)
-    return total / max(len(group.sources), 1)
+    return total / max(len(srcs), 1)
 
 
-def _random(seed: int) -> Callable[[Graph, ChannelGroup], np.ndarray]:
-    def scores(graph: Graph, group: ChannelGroup) -> np.ndarray:
-        return np.random.default_rng([seed, group.id]).random(group.size)
-
-    return scores
+def l1(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup, seed: int) -> np.ndarray:
+    return magnitude(graph, analysis, group, 1)
 
 
-CRITERIA = ("l1", "l2", "random")
+def l2(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup, seed: int) -> np.ndarray:
+    return magnitude(graph, analysis, group, 2)
 
 
-def score(
-    graph: Graph, analysis: ChannelAnalysis, criterion: str = "l1", *, seed: int = 0
-) -> Scores:
-    """Score every channel of every prunable group; never mutates the graph."""
-    fns: dict[str, Callable[[Graph, ChannelGroup], np.ndarray]] = {
-        "l1": lambda g, grp: _magnitude(g, analysis, grp, 1),
-        "l2": lambda g, grp: _magnitude(g, analysis, grp, 2),
-        "random": _random(seed),
-    }
-    if criterion not in fns:
-        raise ValueError(f"unknown criterion {criterion!r}")
-    fn = fns[criterion]
-    by_group = {g.id: fn(graph, g) for g in analysis.prunable}
-    return Scores(criterion, MappingProxyType(by_group))
+def random(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup, seed: int) -> np.ndarray:
+    return np.random.default_rng([seed, group.id]).random(group.size)

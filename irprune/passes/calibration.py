@@ -1,0 +1,54 @@
+"""Run a graph on calibration data with intermediate values exposed, reducing as it goes.
+
+The graph is emitted with the requested values added as graph outputs and run by onnxruntime in
+batches; each batch's arrays go to a reducer and are dropped, so memory stays at one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from irprune.emit import to_model
+from irprune.emit.verify import session
+from irprune.ir import Graph
+
+Reducer = Callable[[str, np.ndarray], None]
+
+
+def exposed(graph: Graph, names: Iterable[str]) -> onnx.ModelProto:
+    """The graph as a model whose outputs also include ``names``."""
+    model = to_model(graph)
+    present = {o.name for o in model.graph.output}
+    for name in names:
+        v = graph.values[name]
+        if name in present or v.shape is None or not v.dtype:
+            continue
+        model.graph.output.append(helper.make_tensor_value_info(name, v.dtype, list(v.shape)))
+    return model
+
+
+def batches(feeds: Mapping[str, np.ndarray], size: int) -> Iterable[dict[str, np.ndarray]]:
+    total = len(next(iter(feeds.values())))
+    for start in range(0, total, size):
+        yield {k: v[start : start + size] for k, v in feeds.items()}
+
+
+def run_exposed(
+    graph: Graph,
+    names: list[str],
+    feeds: Mapping[str, np.ndarray],
+    reduce: Reducer,
+    *,
+    batch: int = 32,
+    threads: int = 2,
+) -> None:
+    """Call ``reduce(name, array)`` for every requested value on every calibration batch."""
+    sess = session(exposed(graph, names), threads=threads)
+    wanted = [n for n in names if n in {o.name for o in sess.get_outputs()}]
+    for chunk in batches(feeds, batch):
+        for name, array in zip(wanted, sess.run(wanted, chunk), strict=True):
+            reduce(name, np.asarray(array))
