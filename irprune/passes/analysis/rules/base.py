@@ -4,6 +4,7 @@
 - ``rewrite(node, view)`` returns the attribute and constant-input edits the node needs once
   every tensor has been sliced (a depthwise conv's ``group``, a Reshape's target shape); slicing
   itself is generic and needs no rule.
+- ``contracts(node)`` says which input axis the node sums against which weight axis.
 - ``macs(node)`` returns the node's multiply-accumulates as terms ``coef * prod(factors)``, each
   factor one axis of one value, so the cost model can evaluate them at any group widths.
 """
@@ -54,10 +55,23 @@ class RewriteView:
 
 
 @dataclass(frozen=True)
+class Contraction:
+    """The node sums input ``data``'s axis ``data_axis`` against input ``weight``'s axis
+    ``weight_axis`` (a Conv's input channels against W axis 1). Repair rewrites use it: a merge
+    adds removed channels' weights into kept ones, a refit re-solves that weight."""
+
+    data: int
+    data_axis: int
+    weight: int
+    weight_axis: int
+
+
+@dataclass(frozen=True)
 class OpRule:
     propagate: Callable[[Context, Node], None]
     rewrite: Callable[[Node, RewriteView], NodeEdit | None] | None = None
     macs: Callable[[Node], list[Term]] | None = None
+    contracts: Callable[[Node], list[Contraction]] | None = None
 
 
 def static_product(dims: Shape | None, skip: set[int] = frozenset()) -> int:  # type: ignore[assignment]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from irprune.ir import Node
 from irprune.passes.analysis.rules.base import (
+    Contraction,
     NodeEdit,
     OpRule,
     RewriteView,
@@ -101,5 +102,12 @@ def _norm(ctx: Context, node: Node) -> None:
             ctx.tie(node, i, 0, layout)
 
 
-CONV = OpRule(_conv, rewrite=_conv_rewrite, macs=_conv_macs)
+def _conv_contracts(node: Node) -> list[Contraction]:
+    w = node.input(1)
+    if node.attr("group", 1) != 1 or w is None or w.const is None:
+        return []
+    return [Contraction(data=0, data_axis=1, weight=1, weight_axis=1)]
+
+
+CONV = OpRule(_conv, rewrite=_conv_rewrite, macs=_conv_macs, contracts=_conv_contracts)
 NORM = OpRule(_norm)

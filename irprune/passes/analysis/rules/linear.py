@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from irprune.ir import Node
-from irprune.passes.analysis.rules.base import OpRule, Term, static_product
+from irprune.passes.analysis.rules.base import Contraction, OpRule, Term, static_product
 
 if TYPE_CHECKING:
     from irprune.passes.analysis.channels import Context
@@ -59,5 +59,23 @@ def _weight_macs(node: Node, skip_last: bool) -> list[Term]:
     return [Term(float(static_product(y.shape, skip)), ((b, 0), (b, 1)))]
 
 
-GEMM = OpRule(_gemm, macs=lambda n: _weight_macs(n, skip_last=False))
-MATMUL = OpRule(_matmul, macs=lambda n: _weight_macs(n, skip_last=True))
+def _gemm_contracts(node: Node) -> list[Contraction]:
+    b = node.input(1)
+    if b is None or b.const is None:
+        return []
+    k_a = 0 if node.attr("transA", 0) else 1
+    k_b = 1 if node.attr("transB", 0) else 0
+    return [Contraction(data=0, data_axis=k_a, weight=1, weight_axis=k_b)]
+
+
+def _matmul_contracts(node: Node) -> list[Contraction]:
+    a, b = node.required(0), node.input(1)
+    if b is None or b.const is None or b.const.ndim != 2 or a.rank is None:
+        return []
+    return [Contraction(data=0, data_axis=a.rank - 1, weight=1, weight_axis=0)]
+
+
+GEMM = OpRule(_gemm, macs=lambda n: _weight_macs(n, skip_last=False), contracts=_gemm_contracts)
+MATMUL = OpRule(
+    _matmul, macs=lambda n: _weight_macs(n, skip_last=True), contracts=_matmul_contracts
+)
