@@ -27,10 +27,11 @@ from irprune.passes.analysis.channels import ChannelAnalysis, analyze
 from irprune.passes.analysis.cost import CostModel, build_cost_model
 from irprune.passes.importance import CRITERIA, score
 from irprune.passes.rewrite.drop import drop
+from irprune.passes.rewrite.merge import merge
 
 log = logging.getLogger(__name__)
 
-REWRITES = ("drop",)
+REWRITES = ("drop", "merge")
 DEFAULT_ROUND_TO = 16  # measured: benchmarks/spine.py, see README
 DEFAULT_MAX_PRUNE = 0.9
 
@@ -186,7 +187,10 @@ def prune(
     reference = reference_session.run(None, feeds)
     del reference_session
     t = timer.lap("reference", t)
-    drop(graph, analysis, plan)
+    if rewrite == "merge":
+        merge(graph, analysis, plan, seed=seed)
+    else:
+        drop(graph, analysis, plan)
     graph.verify()
     t = timer.lap("rewrite", t)
     pruned = to_model(graph)
