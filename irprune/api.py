@@ -28,10 +28,13 @@ from irprune.passes.analysis.cost import CostModel, build_cost_model
 from irprune.passes.importance import CRITERIA, score
 from irprune.passes.rewrite.drop import drop
 from irprune.passes.rewrite.merge import merge
+from irprune.passes.rewrite.recalibrate import compensate_bias, reestimate_bn
+from irprune.passes.rewrite.refit import refit
 
 log = logging.getLogger(__name__)
 
-REWRITES = ("drop", "merge")
+REWRITES = ("drop", "merge", "compensate", "reconstruct")
+CALIBRATED_REWRITES = ("compensate", "reconstruct")
 DEFAULT_ROUND_TO = 16  # measured: benchmarks/spine.py, see README
 DEFAULT_MAX_PRUNE = 0.9
 
@@ -143,6 +146,8 @@ def prune(
     _check_choice("criterion", criterion, CRITERIA)
     _check_choice("strategy", strategy, STRATEGIES)
     _check_choice("rewrite", rewrite, REWRITES)
+    if rewrite in CALIBRATED_REWRITES and calib is None:
+        raise UsageError(f"--rewrite {rewrite} needs calibration data (--calib)")
     if round_to < 1 or not 0 < max_prune <= 1:
         raise UsageError("round_to must be >= 1 and max_prune in (0, 1]")
     timer = _Timer()
@@ -187,10 +192,7 @@ def prune(
     reference = reference_session.run(None, feeds)
     del reference_session
     t = timer.lap("reference", t)
-    if rewrite == "merge":
-        merge(graph, analysis, plan, seed=seed)
-    else:
-        drop(graph, analysis, plan)
+    _rewrite(graph, original, analysis, plan, rewrite, calib_feeds, seed)
     graph.verify()
     t = timer.lap("rewrite", t)
     pruned = to_model(graph)
@@ -213,6 +215,30 @@ def prune(
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+
+
+def _rewrite(
+    graph: Graph,
+    original: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    plan: Plan,
+    rewrite: str,
+    calib: dict[str, np.ndarray] | None,
+    seed: int,
+) -> None:
+    """The chosen rewrite; the calibrated ones repair the dropped model against the original."""
+    if rewrite == "merge":
+        merge(graph, analysis, plan, seed=seed)
+        return
+    reference = import_model(original) if rewrite in CALIBRATED_REWRITES else None
+    drop(graph, analysis, plan)
+    if reference is None or calib is None:
+        return
+    if rewrite == "compensate":
+        compensate_bias(graph, reference, analysis, plan, calib)
+    else:
+        refit(graph, reference, calib)
+    reestimate_bn(graph, calib)
 
 
 def _original_session(original: bytes) -> Any:

@@ -6,7 +6,7 @@ batches; each batch's arrays go to a reducer and are dropped, so memory stays at
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -37,6 +37,26 @@ def batches(feeds: Mapping[str, np.ndarray], size: int) -> Iterable[dict[str, np
         yield {k: v[start : start + size] for k, v in feeds.items()}
 
 
+def iterate_exposed(
+    graph: Graph,
+    names: list[str],
+    feeds: Mapping[str, np.ndarray],
+    *,
+    batch: int = 32,
+    threads: int = 2,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Per calibration batch, the requested values by name (one batch in memory at a time)."""
+    names = list(dict.fromkeys(names))
+    sess = session(exposed(graph, names), threads=threads)
+    wanted = [n for n in names if n in {o.name for o in sess.get_outputs()}]
+    if not wanted:  # onnxruntime would return every output for an empty list
+        for _ in batches(feeds, batch):
+            yield {}
+        return
+    for chunk in batches(feeds, batch):
+        yield dict(zip(wanted, (np.asarray(a) for a in sess.run(wanted, chunk)), strict=True))
+
+
 def run_exposed(
     graph: Graph,
     names: list[str],
@@ -47,8 +67,6 @@ def run_exposed(
     threads: int = 2,
 ) -> None:
     """Call ``reduce(name, array)`` for every requested value on every calibration batch."""
-    sess = session(exposed(graph, names), threads=threads)
-    wanted = [n for n in names if n in {o.name for o in sess.get_outputs()}]
-    for chunk in batches(feeds, batch):
-        for name, array in zip(wanted, sess.run(wanted, chunk), strict=True):
-            reduce(name, np.asarray(array))
+    for arrays in iterate_exposed(graph, names, feeds, batch=batch, threads=threads):
+        for name, array in arrays.items():
+            reduce(name, array)

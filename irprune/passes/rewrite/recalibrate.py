@@ -1,0 +1,133 @@
+"""Repairs after dropping channels that need only calibration data, no weight search.
+
+Bias compensation: a dropped input channel c of a consumer contributed, on average,
+``sum_k W[o, c, k] * E[x_c]`` to output o (E over calibration data and positions; the border
+effect of zero padding is ignored). That expected contribution is added to the consumer's bias,
+so the next layer's input keeps its mean (the statistics shift that sends an uncompensated pruned
+network to chance).
+
+BN re-estimation: explicit BatchNormalization nodes get the mean and variance of their input as
+it is in the pruned model, measured on calibration data in topological chunks, so every chunk
+sees the statistics already fixed upstream (what re-running BN in training mode over the data
+does in a framework).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+
+from irprune.ir import Graph, Node
+from irprune.passes.allocation import Plan
+from irprune.passes.analysis import layout as lay
+from irprune.passes.analysis.channels import ChannelAnalysis
+from irprune.passes.calibration import run_exposed
+from irprune.passes.rewrite.refit import _set_bias, refit_targets
+
+log = logging.getLogger(__name__)
+
+CHUNK = 8
+
+
+class _Moments:
+    def __init__(self) -> None:
+        self.sum: dict[str, np.ndarray] = {}
+        self.sq: dict[str, np.ndarray] = {}
+        self.n: dict[str, int] = {}
+
+    def __call__(self, name: str, array: np.ndarray) -> None:
+        x = np.moveaxis(array, 1, 0).reshape(array.shape[1], -1).astype(np.float64)
+        self.sum[name] = self.sum.get(name, 0) + x.sum(axis=1)
+        self.sq[name] = self.sq.get(name, 0) + (x * x).sum(axis=1)
+        self.n[name] = self.n.get(name, 0) + x.shape[1]
+
+    def mean(self, name: str) -> np.ndarray:
+        return self.sum[name] / self.n[name]
+
+    def var(self, name: str) -> np.ndarray:
+        return np.maximum(self.sq[name] / self.n[name] - self.mean(name) ** 2, 0.0)
+
+
+def reestimate_bn(graph: Graph, calib: Mapping[str, np.ndarray]) -> int:
+    """Set every explicit BatchNormalization's mean/var from calibration data; returns count."""
+    bns = [
+        n
+        for n in graph.nodes
+        if n.op_type == "BatchNormalization"
+        and all(v is not None and v.const is not None and len(v.uses) == 1 for v in n.inputs[3:5])
+    ]
+    for start in range(0, len(bns), CHUNK):
+        chunk = bns[start : start + CHUNK]
+        moments = _Moments()
+        run_exposed(graph, [n.required(0).name for n in chunk], calib, moments)
+        for node in chunk:
+            name = node.required(0).name
+            if name not in moments.n:
+                continue
+            mean, var = node.required(3), node.required(4)
+            assert mean.const is not None and var.const is not None
+            mean.const = moments.mean(name).astype(mean.const.dtype)
+            var.const = moments.var(name).astype(var.const.dtype)
+    log.info("re-estimated %d BatchNormalization nodes", len(bns))
+    return len(bns)
+
+
+def compensate_bias(
+    pruned: Graph,
+    original: Graph,
+    analysis: ChannelAnalysis,
+    plan: Plan,
+    calib: Mapping[str, np.ndarray],
+) -> int:
+    """Fold the dropped channels' expected contribution into each consumer's bias."""
+    pairs = [(p, o) for p, o in refit_targets(pruned, original) if p.op_type in ("Conv", "Gemm")]
+    moments = _Moments()
+    run_exposed(
+        original, [o.required(0).name for _, o in pairs], calib, _channel_axis(moments, pairs)
+    )
+    done = 0
+    for p_node, o_node in pairs:
+        delta = _expected_contribution(o_node, analysis, plan, moments)
+        if delta is None:
+            continue
+        old = p_node.input(2)
+        base = old.const if old is not None and old.const is not None else 0.0
+        _set_bias(pruned, p_node, (base + delta).astype(np.float32))
+        done += 1
+    log.info("bias-compensated %d consumers", done)
+    return done
+
+
+def _channel_axis(moments: _Moments, pairs: list[tuple[Node, Node]]):
+    """Reducer that moves Gemm inputs' K axis to position 1 before taking moments."""
+    gemm_inputs = {o.required(0).name: o for _, o in pairs if o.op_type == "Gemm"}
+
+    def reduce(name: str, array: np.ndarray) -> None:
+        node = gemm_inputs.get(name)
+        if node is not None and node.attr("transA", 0):
+            array = array.T
+        moments(name, array)
+
+    return reduce
+
+
+def _expected_contribution(
+    node: Node, analysis: ChannelAnalysis, plan: Plan, moments: _Moments
+) -> np.ndarray | None:
+    x, w = node.required(0), node.required(1)
+    if x.name not in moments.n or w.const is None:
+        return None
+    if node.op_type == "Conv":
+        axis = 1
+        weights = w.const.reshape(w.const.shape[0], w.const.shape[1], -1).sum(axis=2)  # [O, C]
+    else:
+        axis = 1 if node.attr("transB", 0) else 0
+        weights = w.const if axis == 1 else w.const.T  # [N, K]
+    layout = analysis.layout(w.name, axis)
+    if layout is None:
+        return None
+    kept = lay.positions(layout, dict(plan.kept))
+    dropped = np.setdiff1d(np.arange(weights.shape[1]), kept)
+    return weights[:, dropped].astype(np.float64) @ moments.mean(x.name)[dropped]

@@ -1,0 +1,202 @@
+"""Least-squares refit of consumers on calibration data (ThiNet, Luo et al. 2017; He et al. 2017).
+
+After channels are dropped, a consumer (a node that sums an input axis against a weight, per its
+rule's ``contracts``: Conv with group 1, Gemm, MatMul) sees fewer input channels. Its weight W'
+(and bias, where the op has one) is re-solved to reproduce the ORIGINAL model's output of that
+node from the PRUNED model's input to it:
+
+    min ||Y_orig - X_pruned W'||^2 + lambda ||W'||^2,  lambda = ridge * mean(diag(X^T X))
+
+Conv inputs are unfolded (im2col) so a conv is a matrix product. The normal equations X^T X and
+X^T Y are accumulated batch by batch, so memory is bounded by one batch and one d x d matrix per
+consumer (d = input channels x kernel size + 1). Consumers are refit in topological chunks, each
+chunk measured on the pruned graph with the earlier chunks already refit, so later layers fit to
+what they will really see.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from irprune.ir import Graph, Node, Value
+from irprune.passes.analysis.rules import RULES
+from irprune.passes.calibration import iterate_exposed
+
+log = logging.getLogger(__name__)
+
+MAX_DIM = 6000  # skip consumers whose normal equations would exceed ~290 MB (float64)
+CHUNK = 8
+
+
+@dataclass
+class _Target:
+    pruned: Node
+    original: Node
+    ata: np.ndarray | None = None
+    aty: np.ndarray | None = None
+
+
+def refit_targets(pruned: Graph, original: Graph) -> list[tuple[Node, Node]]:
+    """(pruned node, original node) pairs whose contracted input axis shrank."""
+    pairs = []
+    for p_node, o_node in zip(pruned.nodes, original.nodes, strict=True):
+        rule = RULES.get(p_node.key)
+        if rule is None or rule.contracts is None:
+            continue
+        for c in rule.contracts(p_node):
+            new_w, old_w = p_node.input(c.weight), o_node.input(c.weight)
+            if new_w is None or old_w is None or new_w.const is None or old_w.const is None:
+                continue
+            if new_w.const.shape[c.weight_axis] < old_w.const.shape[c.weight_axis]:
+                pairs.append((p_node, o_node))
+    return pairs
+
+
+def _conv_cols(node: Node, x: np.ndarray, kernel: tuple[int, ...]) -> np.ndarray | None:
+    """im2col: [N * out_positions, C * prod(kernel)] in W's (C, k...) order."""
+    if node.attr("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    nd = len(kernel)
+    strides = node.attr("strides") or [1] * nd
+    dil = node.attr("dilations") or [1] * nd
+    pads = node.attr("pads") or [0] * (2 * nd)
+    xp = np.pad(x, [(0, 0), (0, 0), *[(pads[i], pads[i + nd]) for i in range(nd)]])
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel, dil, strict=True)]
+    win = np.lib.stride_tricks.sliding_window_view(xp, eff, axis=tuple(range(2, 2 + nd)))
+    by_stride: tuple[Any, ...] = (
+        slice(None),
+        slice(None),
+        *[slice(None, None, s) for s in strides],
+    )
+    by_dilation: tuple[Any, ...] = (Ellipsis, *[slice(None, None, d) for d in dil])
+    win = win[by_stride][by_dilation]
+    # [N, C, *out, *k] -> [N, *out, C, *k]
+    order = (0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
+    cols = np.transpose(win, order)
+    return cols.reshape(-1, x.shape[1] * int(np.prod(kernel)))
+
+
+def _design(node: Node, x: np.ndarray) -> np.ndarray | None:
+    """The matrix X such that the node's output (channels last) is X @ W' (+ bias column)."""
+    w = node.required(1).const
+    assert w is not None
+    if node.op_type == "Conv":
+        cols = _conv_cols(node, x, tuple(w.shape[2:]))
+    elif node.op_type == "Gemm":
+        if (
+            node.attr("transA", 0)
+            or node.attr("alpha", 1.0) != 1.0
+            or node.attr("beta", 1.0) != 1.0
+        ):
+            return None
+        cols = x
+    elif node.op_type == "MatMul":
+        cols = x.reshape(-1, x.shape[-1])
+    else:
+        return None
+    if cols is None:
+        return None
+    if node.op_type == "MatMul":
+        return cols.astype(np.float64)
+    return np.concatenate([cols, np.ones((len(cols), 1), cols.dtype)], axis=1).astype(np.float64)
+
+
+def _target(node: Node, y: np.ndarray) -> np.ndarray:
+    """The node's output with channels last, flattened over everything else."""
+    if node.op_type == "Conv":
+        y = np.moveaxis(y, 1, -1)
+    return y.reshape(-1, y.shape[-1]).astype(np.float64)
+
+
+def _write(node: Node, graph: Graph, sol: np.ndarray) -> None:
+    w = node.required(1)
+    assert w.const is not None
+    has_bias = node.op_type != "MatMul"
+    coef, bias = (sol[:-1], sol[-1]) if has_bias else (sol, None)
+    if node.op_type == "Conv":
+        new_w = coef.T.reshape(w.const.shape)
+    elif node.op_type == "Gemm" and node.attr("transB", 0):
+        new_w = coef.T
+    else:
+        new_w = coef
+    w.const = new_w.astype(w.const.dtype)
+    if bias is not None:
+        _set_bias(graph, node, bias.astype(w.const.dtype))
+
+
+def _set_bias(graph: Graph, node: Node, bias: np.ndarray) -> None:
+    old = node.input(2)
+    if (
+        old is not None
+        and old.const is not None
+        and old.const.shape == bias.shape
+        and len(old.uses) == 1
+    ):
+        old.const = bias
+        return
+    dtype = node.required(1).dtype
+    name = graph.unique_name(f"{node.name or node.op_type}_bias")
+    value = Value(name, dtype, bias.shape, const=bias)
+    graph.add_value(value)
+    graph.set_input(node, 2, value)
+
+
+def refit(
+    pruned: Graph,
+    original: Graph,
+    calib: Mapping[str, np.ndarray],
+    *,
+    ridge: float = 1e-3,
+) -> int:
+    """Refit every shrunk consumer in place; returns how many were refit."""
+    pairs = [
+        _Target(p, o)
+        for p, o in refit_targets(pruned, original)
+        if p.op_type in ("Conv", "Gemm", "MatMul") and p.required(1).const is not None
+    ]
+    done = 0
+    for start in range(0, len(pairs), CHUNK):
+        chunk = pairs[start : start + CHUNK]
+        done += _refit_chunk(pruned, original, chunk, calib, ridge)
+    log.info("refit %d of %d consumers", done, len(pairs))
+    return done
+
+
+def _refit_chunk(
+    pruned: Graph,
+    original: Graph,
+    chunk: list[_Target],
+    calib: Mapping[str, np.ndarray],
+    ridge: float,
+) -> int:
+    x_names = [t.pruned.required(0).name for t in chunk]
+    y_names = [t.original.outputs[0].name for t in chunk]
+    skipped: set[int] = set()
+    for xs, ys in zip(
+        iterate_exposed(pruned, x_names, calib),
+        iterate_exposed(original, y_names, calib),
+        strict=True,
+    ):
+        for k, t in enumerate(chunk):
+            a = _design(t.pruned, xs[x_names[k]])
+            if a is None or a.shape[1] > MAX_DIM:
+                skipped.add(k)
+                continue
+            b = _target(t.pruned, ys[y_names[k]])
+            t.ata = a.T @ a if t.ata is None else t.ata + a.T @ a
+            t.aty = a.T @ b if t.aty is None else t.aty + a.T @ b
+    done = 0
+    for k, t in enumerate(chunk):
+        if k in skipped or t.ata is None or t.aty is None:
+            log.info("not refit (unsupported or too wide): %s", t.pruned)
+            continue
+        lam = ridge * float(np.mean(np.diag(t.ata))) + 1e-12
+        sol = np.linalg.solve(t.ata + lam * np.eye(len(t.ata)), t.aty)
+        _write(t.pruned, pruned, sol)
+        done += 1
+    return done
