@@ -30,6 +30,7 @@ from irprune.passes.rewrite.drop import drop
 from irprune.passes.rewrite.merge import merge
 from irprune.passes.rewrite.recalibrate import compensate_bias, reestimate_bn
 from irprune.passes.rewrite.refit import refit
+from irprune.passes.sensitivity import measure
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ def prune(
     _check_choice("rewrite", rewrite, REWRITES)
     if rewrite in CALIBRATED_REWRITES and calib is None:
         raise UsageError(f"--rewrite {rewrite} needs calibration data (--calib)")
+    if strategy == "sensitivity" and calib is None:
+        raise UsageError("--strategy sensitivity needs calibration data (--calib)")
     if round_to < 1 or not 0 < max_prune <= 1:
         raise UsageError("round_to must be >= 1 and max_prune in (0, 1]")
     timer = _Timer()
@@ -162,6 +165,10 @@ def prune(
     scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds)
     t = timer.lap("importance", t)
     skip = _resolve_ignore(graph, analysis, ignore)
+    curves = None
+    if strategy == "sensitivity":
+        assert calib_feeds is not None
+        curves = measure(import_model(original), analysis, scores, calib_feeds)
     plan = allocate(
         analysis,
         cost,
@@ -171,6 +178,7 @@ def prune(
         round_to=round_to,
         max_prune=max_prune,
         ignore=skip,
+        curves=curves,
     )
     t = timer.lap("allocation", t)
     settings = dict(
@@ -236,9 +244,11 @@ def _rewrite(
         return
     if rewrite == "compensate":
         compensate_bias(graph, reference, analysis, plan, calib)
+        reestimate_bn(graph, calib)
     else:
-        refit(graph, reference, calib)
-    reestimate_bn(graph, calib)
+        # The refit reproduces each consumer's original (pre-BN) output, so the original BN
+        # statistics stay right; re-estimating them would move the model away from the original.
+        refit(graph, reference, calib, analysis, plan)
 
 
 def _original_session(original: bytes) -> Any:

@@ -6,6 +6,9 @@ The contract: the pruned model's cost is at most F x the original and at least (
   group, so the ranking is fair) and remove from the bottom; the cut is found by bisection on the
   ranking, each probe costing one vectorised cost-model evaluation.
 - ``uniform``: every group removes the same fraction; bisection on that fraction.
+- ``sensitivity``: with each group's measured output-error curve (``passes.sensitivity``),
+  greedily take the step (N channels of one group) with the least predicted error per MAC
+  saved, until the target is met; errors of different groups are assumed to add.
 
 Widths honour a floor per group (``max_prune``: at most that fraction removed, at least one
 channel kept) and ``round_to`` (kept widths are multiples of N, or the full width, where the
@@ -30,11 +33,12 @@ from irprune.errors import TargetError
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.cost import CostModel
 from irprune.passes.importance import Scores
+from irprune.passes.sensitivity import Curves, predicted
 
 log = logging.getLogger(__name__)
 
 TOLERANCE = 0.02
-STRATEGIES = ("global", "uniform")
+STRATEGIES = ("global", "uniform", "sensitivity")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ def allocate(
     round_to: int = 1,
     max_prune: float = 0.9,
     ignore: Iterable[int] = (),
+    curves: Curves | None = None,
 ) -> Plan:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}")
@@ -104,8 +109,12 @@ def allocate(
     group_scores = [np.asarray(scores.by_group[i]) for i in ids]
     if strategy == "global":
         sub = _bisect_global(group_scores, allowed, at, budget)
-    else:
+    elif strategy == "uniform":
         sub = _bisect_uniform(allowed, at, budget)
+    else:
+        if curves is None:
+            raise ValueError("the sensitivity strategy needs measured curves")
+        sub = _greedy_sensitivity(ids, allowed, at, budget, curves)
     sub = _fill(sub, group_scores, allowed, at, budget, allowed.n)
     if at(sub) < (target.fraction - TOLERANCE) * total and allowed.n > 1:
         # Rounded steps cannot land in the window: the target contract wins over rounding.
@@ -189,6 +198,44 @@ def _bisect_uniform(
         else:
             lo = mid
     return widths(hi)
+
+
+def _greedy_sensitivity(
+    ids: list[int],
+    allowed: _Widths,
+    at: Callable[[np.ndarray], float],
+    budget: float,
+    curves: Curves,
+) -> np.ndarray:
+    sub = allowed.sizes.copy()
+    cost = at(sub)
+    while cost > budget:
+        best, best_rate, best_width = -1, np.inf, 0.0
+        for i, gid in enumerate(ids):
+            width = _step_down(sub[i], allowed, i)
+            if width is None:
+                continue
+            trial = sub.copy()
+            trial[i] = width
+            saved = cost - at(trial)
+            size = allowed.sizes[i]
+            more = predicted(curves, gid, 1 - width / size) - predicted(
+                curves, gid, 1 - sub[i] / size
+            )
+            rate = max(more, 0.0) / max(saved, 1e-12)
+            if rate < best_rate:
+                best, best_rate, best_width = i, rate, width
+        if best < 0:
+            break
+        sub[best] = best_width
+        cost = at(sub)
+    return sub
+
+
+def _step_down(width: float, allowed: _Widths, i: int) -> float | None:
+    n = allowed.n
+    lower = (math.ceil(width / n) - 1) * n
+    return float(lower) if lower >= allowed.floors[i] and lower > 0 else None
 
 
 def _fill(

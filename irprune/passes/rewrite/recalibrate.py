@@ -24,7 +24,7 @@ from irprune.passes.allocation import Plan
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.calibration import run_exposed
-from irprune.passes.rewrite.refit import _set_bias, refit_targets
+from irprune.passes.rewrite.refit import _set_bias, kept_outputs, refit_targets
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,10 @@ def _expected_contribution(
         axis = 1 if node.attr("transB", 0) else 0
         weights = w.const if axis == 1 else w.const.T  # [N, K]
     layout = analysis.layout(w.name, axis)
-    if layout is None:
+    outputs = kept_outputs(node, analysis, plan)
+    if layout is None or outputs is None:
         return None
     kept = lay.positions(layout, dict(plan.kept))
     dropped = np.setdiff1d(np.arange(weights.shape[1]), kept)
-    return weights[:, dropped].astype(np.float64) @ moments.mean(x.name)[dropped]
+    rows = weights[outputs][:, dropped].astype(np.float64)
+    return rows @ moments.mean(x.name)[dropped]

@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 
 from irprune.ir import Graph, Node, Value
+from irprune.passes.allocation import Plan
+from irprune.passes.analysis import layout as lay
+from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.rules import RULES
 from irprune.passes.calibration import iterate_exposed
 
@@ -37,8 +40,22 @@ CHUNK = 8
 class _Target:
     pruned: Node
     original: Node
+    outputs: np.ndarray
     ata: np.ndarray | None = None
     aty: np.ndarray | None = None
+
+
+def kept_outputs(node: Node, analysis: ChannelAnalysis, plan: Plan) -> np.ndarray | None:
+    """Positions of the (original) node's output channels that survive the plan."""
+    y = node.outputs[0]
+    if y.rank is None:
+        return None
+    axis = 1 if node.op_type in ("Conv", "Gemm") else y.rank - 1
+    layout = analysis.layout(y.name, axis)
+    size = y.static_dim(axis)
+    if layout is None:
+        return np.arange(size) if size is not None else None
+    return lay.positions(layout, dict(plan.kept))
 
 
 def refit_targets(pruned: Graph, original: Graph) -> list[tuple[Node, Node]]:
@@ -150,15 +167,17 @@ def refit(
     pruned: Graph,
     original: Graph,
     calib: Mapping[str, np.ndarray],
+    analysis: ChannelAnalysis,
+    plan: Plan,
     *,
     ridge: float = 1e-3,
 ) -> int:
     """Refit every shrunk consumer in place; returns how many were refit."""
-    pairs = [
-        _Target(p, o)
-        for p, o in refit_targets(pruned, original)
-        if p.op_type in ("Conv", "Gemm", "MatMul") and p.required(1).const is not None
-    ]
+    pairs = []
+    for p, o in refit_targets(pruned, original):
+        outputs = kept_outputs(o, analysis, plan)
+        if p.op_type in ("Conv", "Gemm", "MatMul") and outputs is not None:
+            pairs.append(_Target(p, o, outputs))
     done = 0
     for start in range(0, len(pairs), CHUNK):
         chunk = pairs[start : start + CHUNK]
@@ -187,7 +206,7 @@ def _refit_chunk(
             if a is None or a.shape[1] > MAX_DIM:
                 skipped.add(k)
                 continue
-            b = _target(t.pruned, ys[y_names[k]])
+            b = _target(t.pruned, ys[y_names[k]])[:, t.outputs]
             t.ata = a.T @ a if t.ata is None else t.ata + a.T @ a
             t.aty = a.T @ b if t.aty is None else t.aty + a.T @ b
     done = 0
