@@ -1,0 +1,158 @@
+"""Pruning quality on real data: test accuracy of digits-trained nets pruned without fine-tuning.
+
+For each net (resnet20, vgg_small, mobilenetv2_small, trained on scikit-learn's bundled digits by
+models/digits.py) and export style (BN folded / explicit), at each --target-flops, for every
+criterion x strategy x rewrite: prune the ONNX file with irprune and measure top-1 accuracy on the
+held-out test split. Calibration data (for data-driven criteria, sensitivity and the calibrated
+rewrites) is a seeded subset of the TRAINING split only.
+
+    python benchmarks/quality.py                      # the full grid (long: run in background)
+    python benchmarks/quality.py --quick              # target 0.5 and a reduced grid
+
+Writes benchmarks/results/quality.json (every row) and prints the best data-free and calibrated
+setting per net, style and target, plus the rows of the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from irprune.api import prune
+from irprune.errors import IrpruneError
+from irprune.passes.importance import CRITERIA, DATA_DRIVEN
+from models.digits import (
+    accuracy,
+    cached_digits_onnx,
+    calib_subset,
+    load_digits_split,
+)
+
+NETS = ("resnet20", "vgg_small", "mobilenetv2_small")
+STYLES = ("folded", "explicit")
+STRATEGIES = ("global", "uniform", "sensitivity")
+REWRITES = ("drop", "merge", "compensate", "reconstruct")
+DATA_FREE_REWRITES = ("drop", "merge")
+
+
+def data_free(criterion: str, strategy: str, rewrite: str) -> bool:
+    return (
+        criterion not in DATA_DRIVEN and strategy != "sensitivity" and rewrite in DATA_FREE_REWRITES
+    )
+
+
+def run_one(path: Path, setting: dict[str, Any], calib: dict, test: tuple) -> dict[str, Any]:
+    start = time.perf_counter()
+    try:
+        result = prune(path, calib=calib, measure_latency=False, **setting)
+    except IrpruneError as exc:
+        return {**setting, "error": str(exc), "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    acc = accuracy(result.model, *test)
+    return {
+        **setting,
+        "accuracy": acc,
+        "mac_ratio": result.report["cost"]["ratio"]["macs"],
+        "seconds": seconds,
+    }
+
+
+def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
+    combos = itertools.product(args.targets, args.criteria, args.strategies, args.rewrites)
+    return [
+        {"target_flops": t, "criterion": c, "strategy": s, "rewrite": r} for t, c, s, r in combos
+    ]
+
+
+def bench_net(name: str, style: str, args: argparse.Namespace, out: list[dict]) -> None:
+    split = load_digits_split(0)
+    calib = {"input": split.x_train[calib_subset(split, args.calib, 0)]}
+    test = (split.x_test, split.y_test)
+    path = cached_digits_onnx(name, style, args.cache_dir)
+    base = accuracy(path, *test)
+    print(f"{name} {style}: original accuracy {base:.4f}", flush=True)
+    for setting in grid(args):
+        row = run_one(path, setting, calib, test)
+        row.update(
+            net=name,
+            style=style,
+            original=base,
+            data_free=data_free(setting["criterion"], setting["strategy"], setting["rewrite"]),
+        )
+        if "accuracy" in row:
+            row["drop_points"] = 100 * (base - row["accuracy"])
+        out.append(row)
+        acc = f"{row['accuracy']:.4f}" if "accuracy" in row else "ERR " + row["error"][:60]
+        print(
+            f"  {setting['target_flops']:.1f} {setting['criterion']:10} {setting['strategy']:11}"
+            f" {setting['rewrite']:11} {acc}  ({row['seconds']:.1f}s)",
+            flush=True,
+        )
+        save(out, args.out)
+
+
+def save(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1, default=float))
+    tmp.replace(path)
+
+
+def summary(rows: list[dict]) -> None:
+    print("\nbest setting per net / style / target (accuracy; points lost vs original)")
+    keys = sorted({(r["net"], r["style"], r["target_flops"]) for r in rows})
+    for net, style, target in keys:
+        sel = [r for r in rows if (r["net"], r["style"], r["target_flops"]) == (net, style, target)]
+        ok = [r for r in sel if "accuracy" in r]
+        for label, pool in (("data-free", [r for r in ok if r["data_free"]]), ("calibrated", ok)):
+            if not pool:
+                continue
+            best = max(pool, key=lambda r: r["accuracy"])
+            print(
+                f"  {net:18} {style:8} {target:.1f} {label:10} {best['accuracy']:.4f}"
+                f" (-{best['drop_points']:.1f} pts)  {best['criterion']}/{best['strategy']}/"
+                f"{best['rewrite']}"
+            )
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--nets", nargs="+", default=list(NETS))
+    p.add_argument("--styles", nargs="+", default=list(STYLES))
+    p.add_argument("--targets", nargs="+", type=float, default=[0.7, 0.5, 0.3])
+    p.add_argument("--criteria", nargs="+", default=list(CRITERIA))
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    p.add_argument("--rewrites", nargs="+", default=list(REWRITES))
+    p.add_argument("--calib", type=int, default=256, help="calibration images (training split)")
+    p.add_argument("--quick", action="store_true", help="target 0.5, l1/fpgm/apoz, global")
+    p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "irprune-digits")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.json"))
+    args = p.parse_args()
+    if args.quick:
+        args.targets, args.criteria, args.strategies = [0.5], ["l1", "fpgm", "apoz"], ["global"]
+    return args
+
+
+def main() -> None:
+    args = parse()
+    rows: list[dict] = []
+    start = time.perf_counter()
+    for name, style in itertools.product(args.nets, args.styles):
+        bench_net(name, style, args, rows)
+    summary(rows)
+    print(f"\nwrote {args.out} ({len(rows)} rows, {time.perf_counter() - start:.0f}s)")
+    np.set_printoptions()
+
+
+if __name__ == "__main__":
+    main()
