@@ -14,7 +14,7 @@ from onnx import helper
 
 from irprune.emit import to_model
 from irprune.emit.verify import session
-from irprune.ir import Graph
+from irprune.ir import Graph, Node
 
 Reducer = Callable[[str, np.ndarray], None]
 
@@ -29,6 +29,24 @@ def exposed(graph: Graph, names: Iterable[str]) -> onnx.ModelProto:
             continue
         model.graph.output.append(helper.make_tensor_value_info(name, v.dtype, list(v.shape)))
     return model
+
+
+def levels(graph: Graph, targets: Iterable[Node]) -> list[list[Node]]:
+    """``targets`` grouped by dependency level: no target has another target of its own level
+    upstream, so one level can be measured in one pass after the levels before it were changed.
+    (Measuring a node whose upstream target is changed in the same pass gives stale inputs: in a
+    residual block the errors compound.)"""
+    wanted = {id(n) for n in targets}
+    depth: dict[int, int] = {}  # value id -> number of target levels upstream of it
+    by_level: dict[int, list[Node]] = {}
+    for node in graph.nodes:
+        upstream = max((depth.get(id(v), 0) for v in node.inputs if v is not None), default=0)
+        if id(node) in wanted:
+            by_level.setdefault(upstream, []).append(node)
+            upstream += 1
+        for out in node.outputs:
+            depth[id(out)] = upstream
+    return [by_level[k] for k in sorted(by_level)]
 
 
 def batches(feeds: Mapping[str, np.ndarray], size: int) -> Iterable[dict[str, np.ndarray]]:

@@ -7,9 +7,9 @@ so the next layer's input keeps its mean (the statistics shift that sends an unc
 network to chance).
 
 BN re-estimation: explicit BatchNormalization nodes get the mean and variance of their input as
-it is in the pruned model, measured on calibration data in topological chunks, so every chunk
-sees the statistics already fixed upstream (what re-running BN in training mode over the data
-does in a framework).
+it is in the pruned model, measured on calibration data level by level (``calibration.levels``),
+so every BN sees the statistics already fixed upstream (what re-running BN in training mode over
+the data does in a framework).
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from irprune.ir import Graph, Node
 from irprune.passes.allocation import Plan
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis
-from irprune.passes.calibration import run_exposed
+from irprune.passes.calibration import levels, run_exposed
 from irprune.passes.rewrite.refit import _set_bias, kept_outputs, refit_targets
 
 log = logging.getLogger(__name__)
-
-CHUNK = 8
 
 
 class _Moments:
@@ -58,8 +56,7 @@ def reestimate_bn(graph: Graph, calib: Mapping[str, np.ndarray]) -> int:
         if n.op_type == "BatchNormalization"
         and all(v is not None and v.const is not None and len(v.uses) == 1 for v in n.inputs[3:5])
     ]
-    for start in range(0, len(bns), CHUNK):
-        chunk = bns[start : start + CHUNK]
+    for chunk in levels(graph, bns):
         moments = _Moments()
         run_exposed(graph, [n.required(0).name for n in chunk], calib, moments)
         for node in chunk:

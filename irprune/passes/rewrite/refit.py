@@ -9,9 +9,10 @@ node from the PRUNED model's input to it:
 
 Conv inputs are unfolded (im2col) so a conv is a matrix product. The normal equations X^T X and
 X^T Y are accumulated batch by batch, so memory is bounded by one batch and one d x d matrix per
-consumer (d = input channels x kernel size + 1). Consumers are refit in topological chunks, each
-chunk measured on the pruned graph with the earlier chunks already refit, so later layers fit to
-what they will really see.
+consumer (d = input channels x kernel size + 1). Consumers are refit level by level
+(``calibration.levels``): each level is measured on the pruned graph with every consumer upstream
+of it already refit, so a layer fits to what it will really see (measuring two dependent layers
+in one pass sends a residual network to chance).
 """
 
 from __future__ import annotations
@@ -28,12 +29,11 @@ from irprune.passes.allocation import Plan
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.rules import RULES
-from irprune.passes.calibration import iterate_exposed
+from irprune.passes.calibration import iterate_exposed, levels
 
 log = logging.getLogger(__name__)
 
 MAX_DIM = 6000  # skip consumers whose normal equations would exceed ~290 MB (float64)
-CHUNK = 8
 
 
 @dataclass
@@ -178,10 +178,10 @@ def refit(
         outputs = kept_outputs(o, analysis, plan)
         if p.op_type in ("Conv", "Gemm", "MatMul") and outputs is not None:
             pairs.append(_Target(p, o, outputs))
+    by_node = {id(t.pruned): t for t in pairs}
     done = 0
-    for start in range(0, len(pairs), CHUNK):
-        chunk = pairs[start : start + CHUNK]
-        done += _refit_chunk(pruned, original, chunk, calib, ridge)
+    for level in levels(pruned, [t.pruned for t in pairs]):
+        done += _refit_chunk(pruned, original, [by_node[id(n)] for n in level], calib, ridge)
     log.info("refit %d of %d consumers", done, len(pairs))
     return done
 
