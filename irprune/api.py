@@ -160,6 +160,12 @@ def prune(
     t = timer.lap("load", t)
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
+    if cost.unknown:
+        log.warning(
+            "MACs of %d values have dims shape inference cannot see (counted as 1): %s",
+            len(cost.unknown),
+            ", ".join(cost.unknown[:5]),
+        )
     t = timer.lap("analysis", t)
     calib_feeds = _calib_feeds(graph, calib)
     scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds)
@@ -303,6 +309,7 @@ def _report(
             "after": vars(after),
             "ratio": vars(after.ratio(before)),
             "prunable_macs_share": prunable_share(analysis, cost),
+            "unknown_dims": list(cost.unknown),
         },
         "groups": groups,
         "timings_s": dict(timer.times),

@@ -44,7 +44,7 @@ def make_model(
     )
 
 
-_CONTRACTING = {"Conv": 1, "Gemm": None, "MatMul": -1}
+_CONTRACTING = {"Conv": 1, "ConvTranspose": 1, "Gemm": None, "MatMul": -1}
 
 
 def masked_original(
@@ -53,7 +53,8 @@ def masked_original(
     """The original model with removed channels zeroed at the inputs of every contracting consumer.
 
     DESIGN.md section 4: the pruned model must compute exactly this. A consumer is a node that sums
-    over the channel axis of its data input: Conv (not depthwise), Gemm (K), MatMul (last axis).
+    over the channel axis of its data input: Conv and ConvTranspose (group 1), Gemm (K), MatMul
+    (last axis).
     """
     masked = onnx.ModelProto()
     masked.CopyFrom(model)
@@ -94,7 +95,7 @@ def _contracted_axis(node: onnx.NodeProto, ranks: Mapping[str, int]) -> int | No
         return None
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     rank = ranks[node.input[0]]
-    if node.op_type == "Conv":
+    if node.op_type in ("Conv", "ConvTranspose"):
         return None if attrs.get("group", 1) != 1 else 1
     if node.op_type == "Gemm":
         return 0 if attrs.get("transA", 0) else 1

@@ -67,7 +67,48 @@ def import_model(source: str | Path | onnx.ModelProto) -> Graph:
     model = load_model(source)
     _check_opsets(model)
     inferred = _infer_shapes(model)
-    return _Importer(model, inferred).run()
+    graph = _Importer(model, inferred).run()
+    if any(_unknown(v.shape) for v in graph.inputs):
+        _attach_samples(graph, _infer_shapes(model, bind=True))
+    missing = [
+        v.name for v in graph.values.values() if v.const is None and _unknown(v.sample_shape)
+    ]
+    if missing:
+        _probe_samples(model, graph, missing)
+    return graph
+
+
+def _unknown(shape: Shape | None) -> bool:
+    return shape is None or not all(isinstance(d, int) for d in shape)
+
+
+def _probe_samples(model: onnx.ModelProto, graph: Graph, names: list[str]) -> None:
+    """Shapes shape inference cannot see (run-time shape arithmetic), read off one onnxruntime
+    run at batch 1 with those values exposed; models onnxruntime cannot run are left as they are."""
+    from irprune.emit.verify import random_inputs, session
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    wanted = [n for n in names if graph.values[n].dtype]
+    for name in wanted:
+        if name not in known:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    try:
+        sess = session(probe)
+        arrays = sess.run(wanted, random_inputs(sess, batch=1))
+    except Exception as exc:  # onnxruntime raises untyped errors
+        log.info("shape probe skipped: %s", _first_line(exc))
+        return
+    for name, array in zip(wanted, arrays, strict=True):
+        graph.values[name].sample = tuple(int(d) for d in np.shape(array))
+
+
+def _attach_samples(graph: Graph, types: dict[str, onnx.TypeProto]) -> None:
+    for name, tp in types.items():
+        value = graph.values.get(name)
+        if value is not None and value.const is None:
+            value.sample = tensor_shape(tp)[1]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -86,8 +127,12 @@ def _check_opsets(model: onnx.ModelProto) -> None:
         )
 
 
-def _infer_shapes(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    """Types of every value shape inference can reach, computed on a weight-free skeleton."""
+def _infer_shapes(model: onnx.ModelProto, *, bind: bool = False) -> dict[str, onnx.TypeProto]:
+    """Types of every value shape inference can reach, computed on a weight-free skeleton.
+
+    With ``bind``, symbolic dims of the graph inputs are set to 1 first: dims that depend on
+    the batch through run-time shape arithmetic become known, for per-sample costs.
+    """
     skeleton = _template(model)
     g, mg = skeleton.graph, model.graph
     for field_name in ("node", "input", "output", "value_info"):
@@ -99,9 +144,13 @@ def _infer_shapes(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
         elif init.name not in graph_inputs:
             vi = onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
             skeleton.graph.input.append(vi)
+    if bind:
+        _bind_inputs(skeleton.graph)
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        if bind:
+            return {}
         raise InvalidModelError(
             f"ONNX shape inference rejects the model: {_first_line(exc)}"
         ) from exc
@@ -109,6 +158,17 @@ def _infer_shapes(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
         types[vi.name] = vi.type
     return types
+
+
+def _bind_inputs(graph: onnx.GraphProto) -> None:
+    inits = {t.name for t in graph.initializer}
+    for vi in graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.dim_value = 1
+    del graph.value_info[:]
 
 
 def _tensor_nbytes(t: onnx.TensorProto) -> int:

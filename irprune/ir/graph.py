@@ -46,6 +46,7 @@ class Value:
     const: np.ndarray | None = None
     producer: Node | None = field(default=None, repr=False)
     uses: list[tuple[Node, int]] = field(default_factory=list, repr=False)
+    sample: Shape | None = field(default=None, repr=False)  # shape at batch 1, for costs
 
     @property
     def is_const(self) -> bool:
@@ -54,6 +55,18 @@ class Value:
     @property
     def rank(self) -> int | None:
         return None if self.shape is None else len(self.shape)
+
+    @property
+    def sample_shape(self) -> Shape | None:
+        """The shape with symbolic graph-input dims bound to 1 (per-sample costs), where known."""
+        return self.sample if self.sample is not None else self.shape
+
+    def sample_dim(self, axis: int) -> int | None:
+        shape = self.sample_shape
+        if shape is None or not -len(shape) <= axis < len(shape):
+            return None
+        dim = shape[axis]
+        return dim if isinstance(dim, int) else None
 
     def static_dim(self, axis: int) -> int | None:
         """The size of ``axis`` when it is a known integer."""

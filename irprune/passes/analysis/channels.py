@@ -96,6 +96,7 @@ class Context:
         self.refused: dict[int, str] = {}
         self.labels: dict[int, str] = {}
         self.retired: set[int] = set()
+        self.replaced: dict[int, Layout] = {}
 
     # --- union-find over roots ----------------------------------------------------------------
     def find(self, root: int) -> int:
@@ -148,6 +149,7 @@ class Context:
                 if r in self.frozen:
                     self.frozen[n] = list(self.frozen[r])
         self.retired |= set(members)
+        self.replaced.update(mapping)
         self.sources = [
             (n, src)
             for r, src in self.sources
@@ -219,11 +221,27 @@ class Context:
             pos += s.span
         self.layouts[id(value)][axis % max(value.rank or 1, 1)] = tuple(out)
 
+    def current(self, layout: Layout) -> Layout | None:
+        """``layout`` with roots refined since it was computed replaced by their pieces."""
+        while any(s.root in self.replaced for s in layout):
+            updated = lay.substitute(layout, self.replaced)
+            if updated is None:
+                return None
+            layout = updated
+        return layout
+
+    def _live(self, root: int) -> list[int]:
+        pieces = self.replaced.get(root)
+        if pieces is None:
+            return [root]
+        return [live for r in sorted(lay.roots(pieces)) for live in self._live(r)]
+
     def freeze(self, layout: Layout, reason: str) -> None:
         for r in lay.roots(layout):
-            reasons = self.frozen.setdefault(r, [])
-            if reason not in reasons:
-                reasons.append(reason)
+            for live in self._live(r):
+                reasons = self.frozen.setdefault(live, [])
+                if reason not in reasons:
+                    reasons.append(reason)
 
     # --- the primitives rules use ---------------------------------------------------------------
     def label(self, node: Node) -> str:
@@ -243,8 +261,11 @@ class Context:
             return
         axis %= max(value.rank, 1)
         existing = self.layouts.setdefault(id(value), {}).get(axis)
-        if existing is None:
-            self.layouts[id(value)][axis] = layout
+        fresh = self.current(layout)
+        if existing is None and fresh is not None:
+            self.layouts[id(value)][axis] = fresh
+        elif existing is None:
+            self.freeze(layout, f"layout of {value.name!r} cannot be expressed after refinement")
         else:
             self._couple(existing, layout, value.name)
 
@@ -260,10 +281,11 @@ class Context:
         if existing is not None:
             self._couple(existing, layout, value.name)
         elif value.is_const:
-            if value.static_dim(axis) != lay.span(layout):
+            fresh = self.current(layout)
+            if fresh is None or value.static_dim(axis) != lay.span(fresh):
                 self.freeze(layout, f"constant {value.name!r} does not match its channels")
             else:
-                self.layouts.setdefault(id(value), {})[axis] = layout
+                self.layouts.setdefault(id(value), {})[axis] = fresh
         else:
             why = "a graph input" if value in self.graph.inputs else "fixed channels"
             self.freeze(layout, f"{self.label(node)}: coupled with {value.name!r} ({why})")
@@ -287,12 +309,71 @@ class Context:
         self.refused[id(node)] = reason
 
     def _couple(self, a: Layout, b: Layout, where: str) -> None:
-        if not lay.same_geometry(a, b):
-            self.freeze(a + b, f"index maps meeting at {where!r} do not line up")
-            return
-        for x, y in zip(a, b, strict=True):
-            if x.root is not None and y.root is not None:
-                self._union(x.root, y.root)
+        """Join two layouts of one axis piece by piece, refining groups until they line up:
+        a segment that straddles the other side's boundary is cut there, and a group whose
+        channels are finer than the other side's blocks is coarsened to them."""
+        for _ in range(4 * (len(a) + len(b)) + 8):
+            ca, cb = self.current(a), self.current(b)
+            if ca is None or cb is None:
+                break
+            a, b = ca, cb
+            if lay.same_geometry(a, b):
+                for x, y in zip(a, b, strict=True):
+                    if x.root is not None and y.root is not None:
+                        self._union(x.root, y.root)
+                return
+            step = self._align_step(a, b)
+            if step is None:
+                break
+            a, b = step
+        self.freeze(a + b, f"index maps meeting at {where!r} do not line up")
+
+    def _align_step(self, a: Layout, b: Layout) -> tuple[Layout, Layout] | None:
+        """One refinement towards equal geometry; the (possibly locally split) layouts."""
+        i = j = 0
+        while i < len(a) and j < len(b):
+            x, y = a[i], b[j]
+            same = (x.size, x.inner, x.outer, x.root is None) == (
+                y.size,
+                y.inner,
+                y.outer,
+                y.root is None,
+            )
+            if same:
+                i, j = i + 1, j + 1
+                continue
+            if x.span != y.span:
+                long, short, swap = (x, y, False) if x.span > y.span else (y, x, True)
+                pieces = self._split_at(long, short.span)
+                if pieces is None:
+                    return None
+                if pieces == ():  # a root was cut: stored layouts changed; re-read
+                    return a, b
+                k = j if swap else i
+                side = b if swap else a
+                side = side[:k] + pieces + side[k + 1 :]
+                return (a, side) if swap else (side, b)
+            return (a, b) if self._coarsen_to(x, y) else None
+        return None
+
+    def _split_at(self, seg: Segment, at: int) -> tuple[Segment, ...] | None:
+        """Cut ``seg`` at position ``at`` of its span: () after cutting a root (re-read),
+        two fixed pieces for a fixed segment, None when it cannot be cut there."""
+        if seg.root is None:
+            return (Segment(None, at), Segment(None, seg.span - at))
+        if seg.outer != 1 or at % seg.inner or not self._cut_root(seg, at):
+            return None
+        return ()
+
+    def _coarsen_to(self, x: Segment, y: Segment) -> bool:
+        """Equal spans, different blocks: coarsen the finer root to the coarser blocks."""
+        if x.root is None or y.root is None or x.outer != 1 or y.outer != 1:
+            return False
+        fine, coarse = (x, y) if x.inner < y.inner else (y, x)
+        if coarse.inner % fine.inner or fine.root is None:
+            return False
+        factor = coarse.inner // fine.inner
+        return factor > 1 and self.coarsen(fine.root, factor)
 
     # --- closing --------------------------------------------------------------------------------
     def freeze_unbound(self, has_rule: Callable[[Node], bool]) -> None:

@@ -7,8 +7,10 @@ axes 0 and 1 follow the output and input groups; a constant's parameter count is
 its axis sizes. Evaluating all terms at a width vector is a few numpy operations, so allocation can
 ask what any choice of widths costs without touching the graph.
 
-MACs count Conv, Gemm and MatMul (the ops with a ``macs`` rule); symbolic dims (the batch) count
-as 1, so the figures are per sample. Parameters count floating-point constants; bytes count all.
+MACs count the ops with a ``macs`` rule (Conv, ConvTranspose, Gemm, MatMul) at batch 1: shapes
+come from shape inference with the graph inputs' symbolic dims bound to 1, so dims computed at
+run time from the batch are still known. A dim that stays unknown is counted as 1 and named in
+``unknown`` (the report warns). Parameters count floating-point constants; bytes count all.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class CostModel:
     macs: _Terms
     params: _Terms
     bytes: _Terms
+    unknown: tuple[str, ...] = ()  # values whose dims the MAC count could not see (counted as 1)
 
     def factor_values(self, widths: np.ndarray) -> np.ndarray:
         contrib = self.f_coef * widths[self.f_cols]
@@ -83,13 +86,16 @@ class _Builder:
         self.rows: list[int] = []
         self.cols: list[int] = []
         self.coef: list[float] = []
+        self.unknown: set[str] = set()
 
     def factor(self, value: Value, axis: int) -> tuple[int, float]:
         """(factor index or -1, constant multiplier) for one axis of one value."""
         axis %= max(value.rank or 1, 1)
         layout = self.analysis.layout(value.name, axis)
         if layout is None:
-            dim = value.static_dim(axis)
+            dim = value.sample_dim(axis)
+            if dim is None:
+                self.unknown.add(value.name)
             return -1, float(dim) if dim is not None else 1.0
         key = (value.name, axis)
         if key not in self.index:
@@ -143,4 +149,5 @@ def build_cost_model(graph: Graph, analysis: ChannelAnalysis) -> CostModel:
         macs=macs,
         params=params,
         bytes=nbytes,
+        unknown=tuple(sorted(b.unknown)),
     )

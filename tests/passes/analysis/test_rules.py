@@ -133,14 +133,17 @@ def _pruned(model: onnx.ModelProto):
 
 
 def test_grouped_conv_freezes_with_reason() -> None:
+    # the conv groups (4 + 4 channels) do not fall on whole blocks of c1's 3 and c2's 5 channels
     model = make_model(
         [
-            helper.make_node("Conv", ["x", "w1"], ["a"], "c1"),
+            helper.make_node("Conv", ["x", "w1"], ["a1"], "c1"),
+            helper.make_node("Conv", ["x", "w3"], ["a2"], "c2"),
+            helper.make_node("Concat", ["a1", "a2"], ["a"], axis=1),
             helper.make_node("Conv", ["a", "w2"], ["out"], "g", group=2),
         ],
         [("x", ["N", 3, 4, 4])],
         [("out", ["N", 4, 4, 4])],
-        {"w1": w(8, 3, 1, 1), "w2": w(4, 4, 1, 1)},
+        {"w1": w(3, 3, 1, 1), "w3": w(5, 3, 1, 1), "w2": w(4, 4, 1, 1)},
     )
     g = group_of(analyze(import_model(model)), "c1")
     assert not g.prunable and "grouped convolution (group=2)" in g.frozen[0]
@@ -151,15 +154,17 @@ def test_unknown_and_shape_consumers_freeze() -> None:
         [
             helper.make_node("Conv", ["x", "w1"], ["a"], "c1"),
             helper.make_node("Shape", ["a"], ["sh"]),
-            helper.make_node("Reshape", ["a", "sh"], ["out"]),
+            helper.make_node("Reshape", ["a", "sh"], ["r"]),
+            helper.make_node("Hardmax", ["r"], ["out"], domain="test.unknown"),
         ],
         [("x", ["N", 3, 4, 4])],
         [("out", ["N", 8, 4, 4])],
         {"w1": w(8, 3, 1, 1)},
     )
+    model.opset_import.append(helper.make_opsetid("test.unknown", 1))
     g = group_of(analyze(import_model(model)), "c1")
-    assert not g.prunable
-    assert any("no channel rule for ai.onnx::Shape" in r for r in g.frozen)
+    assert not g.prunable  # the Shape only reads sizes for a Reshape target: not a reason
+    assert g.frozen == ("Hardmax 'Hardmax_3': no channel rule for test.unknown::Hardmax",)
 
 
 def test_per_channel_constants_are_sliced() -> None:
@@ -205,14 +210,21 @@ def test_channels_last_flatten_uses_outer_repeat() -> None:
 
 
 def test_reshape_splitting_channels_freezes() -> None:
+    # 8 = 3 + 5 channels split into (2, 4): neither axis can carry the two groups whole
     model = make_model(
         [
-            helper.make_node("Conv", ["x", "w1"], ["a"], "c1"),
+            helper.make_node("Conv", ["x", "w1"], ["a1"], "c1"),
+            helper.make_node("Conv", ["x", "w2"], ["a2"], "c2"),
+            helper.make_node("Concat", ["a1", "a2"], ["a"], axis=1),
             helper.make_node("Reshape", ["a", "shape"], ["out"]),
         ],
         [("x", [1, 3, 2, 2])],
         [("out", [1, 2, 4, 4])],
-        {"w1": w(8, 3, 1, 1), "shape": np.array([1, 2, 4, 4], dtype=np.int64)},
+        {
+            "w1": w(3, 3, 1, 1),
+            "w2": w(5, 3, 1, 1),
+            "shape": np.array([1, 2, 4, 4], dtype=np.int64),
+        },
     )
     g = group_of(analyze(import_model(model)), "c1")
     assert any("splits a channel axis" in r for r in g.frozen)
@@ -310,3 +322,27 @@ def test_split_cuts_the_group_and_rewrites_sizes() -> None:
         assert len(groups) == 2 and all(g.prunable for g in groups), (opset, kind)
         expected = [4, 6] if kind != "even" else [5, 5]
         assert sorted(g.size for g in groups) == sorted(expected)
+
+
+def test_add_of_a_conv_and_a_concat_cuts_the_conv_group() -> None:
+    """conv c (8) + concat(conv a (4), conv b (4)): c is cut into two groups joined with a, b."""
+    model = make_model(
+        [
+            helper.make_node("Conv", ["x", "wa"], ["a"], "ca"),
+            helper.make_node("Conv", ["x", "wb"], ["b"], "cb"),
+            helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+            helper.make_node("Conv", ["x", "wc"], ["c"], "cc"),
+            helper.make_node("Add", ["c", "ab"], ["s"]),
+            helper.make_node("Relu", ["s"], ["r"]),
+            helper.make_node("Conv", ["r", "wo"], ["out"], "co"),
+        ],
+        [("x", ["N", 3, 4, 4])],
+        [("out", ["N", 2, 4, 4])],
+        {"wa": w(4, 3, 1, 1), "wb": w(4, 3, 1, 1), "wc": w(8, 3, 1, 1), "wo": w(2, 8, 1, 1)},
+    )
+    analysis = drop_half_and_check(model)
+    ga, gb = group_of(analysis, "ca"), group_of(analysis, "cb")
+    assert ga.id != gb.id and ga.prunable and gb.prunable
+    assert {s.node for s in ga.sources} == {"ca", "cc"}
+    assert {s.node for s in gb.sources} == {"cb", "cc"}
+    assert ga.size == gb.size == 4

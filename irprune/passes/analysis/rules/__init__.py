@@ -10,6 +10,9 @@ from types import MappingProxyType
 
 from irprune.passes.analysis.rules import conv, elementwise, linear, pool, shape, slicing
 from irprune.passes.analysis.rules.base import NodeEdit, OpRule, Term
+from irprune.passes.analysis.rules.dynamic_shape import SHAPE
+from irprune.passes.analysis.rules.normalization import GROUP_NORM, LAYER_NORM
+from irprune.passes.analysis.rules.resample import EXPAND, PAD, RESIZE, TILE
 
 _table: dict[tuple[str, str], OpRule] = {
     ("", "Conv"): conv.CONV,
@@ -24,6 +27,18 @@ _table: dict[tuple[str, str], OpRule] = {
     ("", "Squeeze"): shape.SQUEEZE,
     ("", "Unsqueeze"): shape.UNSQUEEZE,
     ("", "Split"): slicing.SPLIT,
+    ("", "Slice"): slicing.SLICE,
+    ("", "Gather"): slicing.GATHER,
+    ("", "ConvTranspose"): conv.CONV_TRANSPOSE,
+    ("", "Pad"): PAD,
+    ("", "Resize"): RESIZE,
+    ("", "Upsample"): RESIZE,
+    ("", "Tile"): TILE,
+    ("", "Expand"): EXPAND,
+    ("", "LayerNormalization"): LAYER_NORM,
+    ("", "RMSNormalization"): LAYER_NORM,
+    ("", "GroupNormalization"): GROUP_NORM,
+    ("", "Shape"): SHAPE,
 }
 _table.update({("", op): elementwise.UNARY for op in elementwise.UNARY_OPS})
 _table.update({("", op): elementwise.BROADCAST for op in elementwise.BROADCAST_OPS})

@@ -9,8 +9,11 @@ axes: a channel axis m merged with others lands at positions
     offset * inner + o * (C * inner) + c * inner + i
 where inner is the product of the merged dims after m and the outer count that of those before
 (``layout.merge_axes``). Axes kept whole by a Reshape pass through. A Reshape that splits a
-channel axis (heads x head_dim) is not handled yet. The Reshape's constant target shape is
-rewritten with the new sizes (entries of -1 stay -1).
+channel axis (heads x head_dim, a channel shuffle's groups) is mapped by ``reshape_split``. The
+Reshape's constant target shape is rewritten with the new sizes (entries of -1 stay -1).
+Targets computed at run time (Shape -> Gather -> Concat) are read and checked by
+``dynamic_shape``; runs that merge a channel axis and split it again (nn.GroupNorm's export), or
+split it into dims known only from such a target, are mapped by ``regroup``.
 
 Transpose: output axis k is input axis perm[k]. Squeeze/Unsqueeze: axes are renumbered around the
 removed or inserted size-1 axes.
@@ -25,6 +28,7 @@ import numpy as np
 from irprune.ir import Node, Shape
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.layout import Segment
+from irprune.passes.analysis.rules import dynamic_shape, regroup, reshape_split
 from irprune.passes.analysis.rules.base import (
     NodeEdit,
     OpRule,
@@ -140,25 +144,32 @@ def _axis_runs(src: Shape, dst: Shape) -> list[tuple[range, range]] | None:
 
 def _reshape(ctx: Context, node: Node) -> None:
     x, y = node.required(0), node.outputs[0]
+    target = dynamic_shape.read_target(ctx, node)  # constant or computed at run time
     carried = ctx.axes(x)
-    if not carried:
+    if target is None or not carried:
+        if target is not None:
+            target.check(ctx)
         return
-    if node.input(1) is None or node.required(1).const is None:
-        ctx.refuse(node, "target shape is computed at run time")
-        return
-    runs = _axis_runs(x.shape or (), y.shape or ()) if x.shape and y.shape else None
+    runs = _axis_runs(target.in_dims, target.out_dims)
+    if runs is None:
+        runs = dynamic_shape.match_runs(target.in_dims, target.out_dims)
     if runs is None:
         ctx.refuse(node, "cannot match input and output axes")
+        target.fail(ctx)
         return
     for src, dst in runs:
         if not any(a in carried for a in src):
             continue
         if len(dst) == 1:
-            if not _merge_into(ctx, node, x.shape or (), src, dst.start):
-                return
+            ok = _merge_into(ctx, node, target.in_dims, src, dst.start)
+        elif len(src) == 1 and all(y.static_dim(k) is not None for k in dst):
+            ok = reshape_split.split_axis(ctx, node, src, dst)
         else:
-            ctx.refuse(node, "splits a channel axis (heads) - not supported yet")
+            ok = regroup.merge_split(ctx, node, target, src, dst)
+        if not ok:
+            target.fail(ctx)
             return
+    target.check(ctx)
 
 
 def _reshape_rewrite(node: Node, view: RewriteView) -> NodeEdit | None:
@@ -211,7 +222,7 @@ def _renumber(ctx: Context, node: Node, squeeze: bool) -> None:
             ctx.set_layout(y, mapping[axis], layout)
 
 
-CONCAT = OpRule(_concat)
+CONCAT = OpRule(_concat, rewrite=dynamic_shape.concat_rewrite)
 FLATTEN = OpRule(_flatten)
 RESHAPE = OpRule(_reshape, rewrite=_reshape_rewrite)
 TRANSPOSE = OpRule(_transpose)

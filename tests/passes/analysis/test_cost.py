@@ -1,0 +1,47 @@
+"""The cost model sees dims that depend on the batch through run-time shape arithmetic."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from irprune.frontends.onnx import import_model
+from irprune.passes.analysis.channels import analyze
+from irprune.passes.analysis.cost import build_cost_model
+
+
+def test_runtime_reshape_after_symbolic_batch_is_counted() -> None:
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    class Shuffle(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(8, 16, 3, padding=1)
+            self.b = nn.Conv2d(16, 16, 3, padding=1)
+
+        def forward(self, x):
+            y = self.a(x)
+            b, c, h, w = y.size()
+            y = y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, -1, h, w)
+            y1, y2 = y.chunk(2, dim=1)
+            return self.b(torch.cat([y1, y2], 1))
+
+    buf = io.BytesIO()
+    torch.onnx.export(
+        Shuffle().eval(),
+        torch.randn(1, 8, 8, 8),
+        buf,
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "N"}, "y": {0: "N"}},
+    )
+    import onnx
+
+    graph = import_model(onnx.load_from_string(buf.getvalue()))
+    cost = build_cost_model(graph, analyze(graph))
+    assert cost.macs_at(cost.base_widths) == 64 * 16 * 8 * 9 + 64 * 16 * 16 * 9
+    assert cost.unknown == ()
