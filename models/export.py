@@ -47,7 +47,7 @@ _NOISY_WARNINGS = (
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     """Silence the exporter's expected deprecation/advice warnings (and only those)."""
     with warnings.catch_warnings():
         for msg in _NOISY_WARNINGS:
@@ -55,7 +55,7 @@ def _quiet_exporter() -> Iterator[None]:
         yield
 
 
-def _export_kwargs(style: Style) -> dict[str, Any]:
+def export_kwargs(style: Style) -> dict[str, Any]:
     if style == "folded":
         return {"training": torch.onnx.TrainingMode.EVAL, "do_constant_folding": True}
     if style == "explicit":
@@ -63,7 +63,7 @@ def _export_kwargs(style: Style) -> dict[str, Any]:
     raise ValueError(f"unknown style {style!r}; choose from {STYLES}")
 
 
-def _validate(path: Path, style: Style) -> None:
+def validate_export(path: Path, style: Style) -> None:
     """Run the full ONNX checker, cap the IR version, and check the BatchNorm style.
 
     "folded" must have no BatchNormalization fed by a Conv. BNs that follow a Concat or a
@@ -103,11 +103,11 @@ def export(
     ``[batch, classes]``, with ``batch`` symbolic. Returns ``path`` as a :class:`Path`.
     """
     spec = REFERENCE_MODELS[name]
-    kwargs = _export_kwargs(style)
+    kwargs = export_kwargs(style)
     model = build(name, seed, **spec.kwargs(size))
     sample = torch.zeros(spec.input_shape(size, batch=2))
     path = Path(path)
-    with _quiet_exporter(), torch.no_grad():
+    with quiet_exporter(), torch.no_grad():
         torch.onnx.export(
             model,
             (sample,),
@@ -119,7 +119,7 @@ def export(
             opset_version=opset,
             **kwargs,
         )
-    _validate(path, style)
+    validate_export(path, style)
     return path
 
 

@@ -93,15 +93,16 @@ def randomize_batchnorm(model: nn.Module, sample: Tensor, generator: torch.Gener
     keep a sane scale through deep (residual) nets instead of drifting layer after layer.
     """
 
-    def calibrate(bn: nn.BatchNorm2d, args: tuple[Tensor, ...]) -> None:
-        var, mean = torch.var_mean(args[0], dim=(0, 2, 3), correction=0)
+    def calibrate(bn: nn.modules.batchnorm._BatchNorm, args: tuple[Tensor, ...]) -> None:
+        dims = tuple(d for d in range(args[0].dim()) if d != 1)  # every axis but the channels
+        var, mean = torch.var_mean(args[0], dim=dims, correction=0)
         n = bn.num_features
         bn.running_mean.copy_(mean + torch.randn(n, generator=generator) * 0.1 * var.sqrt())
         bn.running_var.copy_(var * (torch.rand(n, generator=generator) + 0.5))
 
     model.eval()
     with torch.no_grad():
-        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         for bn in bns:
             bn.weight.copy_(torch.rand(bn.num_features, generator=generator) + 0.5)
             bn.bias.copy_(torch.randn(bn.num_features, generator=generator) * 0.1)

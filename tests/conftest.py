@@ -37,3 +37,23 @@ def reference_onnx() -> Callable[[str, str], Path]:
         return cached_export(name, style, CACHE)
 
     return get
+
+
+@pytest.fixture(scope="session")
+def zoo_onnx() -> Callable[[str, str], Path]:
+    """Cached, torch-verified export of a zoo model (models/zoo.py) in one style.
+
+    Skips without torch; ``transformers`` models also skip without ``transformers``.
+    """
+    pytest.importorskip("torch")
+    from models.zoo import ZOO
+    from models.zoo_export import cached_zoo_export
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+
+    def get(name: str, style: str) -> Path:
+        if ZOO[name].family == "transformers":
+            pytest.importorskip("transformers")
+        return cached_zoo_export(name, style, CACHE)
+
+    return get
