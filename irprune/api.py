@@ -25,6 +25,7 @@ from irprune.ir import Graph
 from irprune.passes.allocation import STRATEGIES, Plan, Target, allocate
 from irprune.passes.analysis.channels import ChannelAnalysis, analyze
 from irprune.passes.analysis.cost import CostModel, build_cost_model
+from irprune.passes.fold import fold_constants
 from irprune.passes.importance import CRITERIA, score
 from irprune.passes.rewrite.drop import drop
 from irprune.passes.rewrite.merge import merge
@@ -156,7 +157,7 @@ def prune(
     timer = _Timer()
     t = time.perf_counter()
     original = load_model(model)
-    graph = import_model(original)
+    graph = _import(original)
     t = timer.lap("load", t)
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
@@ -174,7 +175,7 @@ def prune(
     curves = None
     if strategy == "sensitivity":
         assert calib_feeds is not None
-        curves = measure(import_model(original), analysis, scores, calib_feeds)
+        curves = measure(_import(original), analysis, scores, calib_feeds)
     plan = allocate(
         analysis,
         cost,
@@ -231,6 +232,14 @@ def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
         raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
 
 
+def _import(model: onnx.ModelProto) -> Graph:
+    """The IR every pass works on: imported, with constant computations folded. Every copy of
+    the original a pass needs is made by this one function, so node order and names agree."""
+    graph = import_model(model)
+    fold_constants(graph)
+    return graph
+
+
 def _rewrite(
     graph: Graph,
     original: onnx.ModelProto,
@@ -244,7 +253,7 @@ def _rewrite(
     if rewrite == "merge":
         merge(graph, analysis, plan, seed=seed)
         return
-    reference = import_model(original) if rewrite in CALIBRATED_REWRITES else None
+    reference = _import(original) if rewrite in CALIBRATED_REWRITES else None
     drop(graph, analysis, plan)
     if reference is None or calib is None:
         return

@@ -8,10 +8,12 @@ from typing import Any
 from irprune.frontends.onnx import import_model
 from irprune.passes.analysis.channels import analyze
 from irprune.passes.analysis.cost import build_cost_model
+from irprune.passes.fold import fold_constants
 
 
 def inspect_model(path: str | Path) -> dict[str, Any]:
     graph = import_model(path)
+    fold_constants(graph)
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
     total = cost.macs_at(cost.base_widths)

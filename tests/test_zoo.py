@@ -32,7 +32,7 @@ CASES = [
     ("hf_vit", "folded", None),  # transformers: attention heads, CLS concat, LayerNorm
     ("ghostnet", "explicit", None),  # ghost concat + channel Slice, depthwise shortcut
     ("regnet_y", "folded", None),  # grouped conv (whole groups) + conv SE
-    ("style_transfer", "folded", "Pad with run-time pads (ReflectionPad2d)"),
+    ("style_transfer", "folded", None),  # reflection Pad with run-time pads, Upsample
     ("hf_gpt2", "folded", None),  # Conv1D-as-MatMul, fused QKV Split, attention mask
     ("shufflenet_v2", "folded", None),  # Split, channel shuffle, run-time-shaped Reshape
     ("hf_swin", "folded", None),  # window attention, patch merging

@@ -213,6 +213,25 @@ class Graph:
             out.producer = None
             del self.values[out.name]
 
+    def fold_node(self, node: Node, arrays: list[np.ndarray]) -> None:
+        """Replace ``node`` by constants: its outputs keep their names and readers.
+
+        Checks everything before changing anything: the node is in the graph, one array per
+        output, no output is a graph output.
+        """
+        if node not in self.nodes:
+            raise IRError(f"{node!r} is not in the graph")
+        if len(arrays) != len(node.outputs):
+            raise IRError(f"{node!r} has {len(node.outputs)} outputs, got {len(arrays)} arrays")
+        if any(self.is_graph_output(out) for out in node.outputs):
+            raise IRError(f"cannot fold {node!r}: it produces a graph output")
+        self._unlink(node)
+        self.nodes.remove(node)
+        for out, array in zip(node.outputs, arrays, strict=True):
+            out.producer = None
+            out.const = np.asarray(array)
+            out.shape = out.sample = tuple(out.const.shape)
+
     def remove_unused_constants(self) -> int:
         """Drop initializers nobody reads; returns how many were removed."""
         dead = [

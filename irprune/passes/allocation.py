@@ -122,8 +122,15 @@ def allocate(
     widths = base.copy()
     widths[ids] = sub
     ratio = measure(widths) / total if total else 1.0
-    if ratio < target.fraction - TOLERANCE:
-        log.warning("allocation undershoots: %.4f for target %.4f", ratio, target.fraction)
+    if ratio < target.fraction - TOLERANCE - 1e-12:
+        above = _next_step_up(sub, allowed, at, total)
+        raise TargetError(
+            f"cannot land the {target.metric} target {target.fraction:g} within its "
+            f"{TOLERANCE:g} window: the closest widths give {ratio:.4f}"
+            + (f" or {above:.4f}" if above is not None else "")
+            + " (channels are too coarse here; choose a target near one of these"
+            + (", or a smaller --round-to)" if allowed.n > 1 else ")")
+        )
     kept = {
         gid: np.sort(np.argsort(-s, kind="stable")[: int(w)])
         for gid, s, w in zip(ids, group_scores, sub, strict=True)
@@ -236,6 +243,20 @@ def _step_down(width: float, allowed: _Widths, i: int) -> float | None:
     n = allowed.n
     lower = (math.ceil(width / n) - 1) * n
     return float(lower) if lower >= allowed.floors[i] and lower > 0 else None
+
+
+def _next_step_up(
+    sub: np.ndarray, allowed: _Widths, at: Callable[[np.ndarray], float], total: float
+) -> float | None:
+    """The smallest cost ratio above the current one reachable by widening one group a step."""
+    best: float | None = None
+    for i, w in enumerate(sub):
+        if w < allowed.sizes[i]:
+            trial = sub.copy()
+            trial[i] = allowed.step_up(i, w, 1)
+            ratio = at(trial) / total
+            best = ratio if best is None else min(best, ratio)
+    return best
 
 
 def _fill(

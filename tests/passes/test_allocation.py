@@ -92,3 +92,26 @@ def test_model_with_newer_ir_version_is_verified_and_keeps_its_version() -> None
     model.ir_version = 14  # what onnx 1.23 stamps; onnxruntime 1.31 reads at most 13
     result = prune(model, target_flops=0.5, measure_latency=False)
     assert result.model.ir_version == 14
+
+
+def test_a_window_too_fine_for_the_channels_is_an_error() -> None:
+    """Each channel of this net costs 1/8 of its MACs: 0.7 has no widths in [0.68, 0.70]."""
+    from onnx import helper
+
+    from tests.helpers import make_model
+
+    rng = np.random.default_rng(0)
+    model = make_model(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["a"], "c1"),
+            helper.make_node("Conv", ["a", "w2"], ["out"], "c2"),
+        ],
+        [("x", ["N", 3, 4, 4])],
+        [("out", ["N", 2, 4, 4])],
+        {
+            "w1": rng.standard_normal((8, 3, 1, 1)).astype(np.float32),
+            "w2": rng.standard_normal((2, 8, 1, 1)).astype(np.float32),
+        },
+    )
+    with pytest.raises(TargetError, match=r"within its 0.02 window.*0\.6250 or 0\.7500"):
+        prune(model, target_flops=0.7, round_to=1, measure_latency=False)
