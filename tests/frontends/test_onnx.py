@@ -146,7 +146,7 @@ def test_known_but_unruled_op_freezes_only_its_inputs() -> None:
             "w3": rng.standard_normal((4, 16, 1, 1)).astype(np.float32),
         },
     )
-    result = prune(model, target_flops=0.8, round_to=1, measure_latency=False)
+    result = prune(model, target_flops=0.84, round_to=1, measure_latency=False)
     by_source = {g["sources"][0]: g for g in result.report["groups"]}
     assert by_source["c1"]["frozen"] and "no channel rule" in by_source["c1"]["frozen"][0]
     assert by_source["c2"]["kept"] < 16

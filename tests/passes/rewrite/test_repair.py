@@ -88,7 +88,7 @@ def test_bn_reestimation_normalises_on_calibration_data() -> None:
     calib = _calib(128)
     result = prune(
         model,
-        target_flops=0.8,
+        target_flops=0.875,
         rewrite="compensate",
         calib=calib,
         round_to=1,
