@@ -63,6 +63,11 @@ def _text(info: dict[str, Any]) -> str:
             f"{g['id']:>5} {g['size']:>6} {g['macs_share']:>6.1%}  {status:<8} "
             f"{', '.join(g['sources'][:4])}{' ...' if len(g['sources']) > 4 else ''}"
         )
+        members = g["members"]
+        shown = ", ".join(members[:4]) + (
+            f" (+{len(members) - 4} more)" if len(members) > 4 else ""
+        )
+        lines.append(f"{'':>30}members: {shown}")
         for reason in g["frozen"][:3]:
             lines.append(f"{'':>30}- {reason}")
     return "\n".join(lines)
