@@ -29,14 +29,19 @@ from irprune.passes.fold import fold_constants
 from irprune.passes.importance import CRITERIA, score
 from irprune.passes.rewrite.drop import drop
 from irprune.passes.rewrite.merge import merge
-from irprune.passes.rewrite.recalibrate import compensate_bias, reestimate_bn
+from irprune.passes.rewrite.recalibrate import (
+    compensate_bias,
+    compensate_from_bn,
+    reestimate_bn,
+)
 from irprune.passes.rewrite.refit import refit
 from irprune.passes.sensitivity import measure
 
 log = logging.getLogger(__name__)
 
 REWRITES = ("drop", "merge", "compensate", "reconstruct")
-CALIBRATED_REWRITES = ("compensate", "reconstruct")
+REFERENCE_REWRITES = ("compensate", "reconstruct")  # compare against the original graph
+CALIBRATED_REWRITES = ("reconstruct",)  # compensate without --calib uses BN statistics
 DEFAULT_ROUND_TO = 16  # measured: benchmarks/spine.py, see README
 DEFAULT_MAX_PRUNE = 0.9
 
@@ -253,14 +258,16 @@ def _rewrite(
     if rewrite == "merge":
         merge(graph, analysis, plan, seed=seed)
         return
-    reference = _import(original) if rewrite in CALIBRATED_REWRITES else None
+    reference = _import(original) if rewrite in REFERENCE_REWRITES else None
     drop(graph, analysis, plan)
-    if reference is None or calib is None:
+    if reference is None:
         return
-    if rewrite == "compensate":
+    if rewrite == "compensate" and calib is None:
+        compensate_from_bn(graph, reference, analysis, plan)
+    elif rewrite == "compensate" and calib is not None:
         compensate_bias(graph, reference, analysis, plan, calib)
         reestimate_bn(graph, calib)
-    else:
+    elif calib is not None:
         # The refit reproduces each consumer's original (pre-BN) output, so the original BN
         # statistics stay right; re-estimating them would move the model away from the original.
         refit(graph, reference, calib, analysis, plan)

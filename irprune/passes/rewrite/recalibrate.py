@@ -24,6 +24,7 @@ from irprune.passes.allocation import Plan
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.calibration import levels, run_exposed
+from irprune.passes.rewrite import bnstats
 from irprune.passes.rewrite.refit import _set_bias, kept_outputs, refit_targets
 
 log = logging.getLogger(__name__)
@@ -110,23 +111,75 @@ def _channel_axis(moments: _Moments, pairs: list[tuple[Node, Node]]):
     return reduce
 
 
-def _expected_contribution(
-    node: Node, analysis: ChannelAnalysis, plan: Plan, moments: _Moments
-) -> np.ndarray | None:
-    x, w = node.required(0), node.required(1)
-    if x.name not in moments.n or w.const is None:
+def _dropped(node: Node, analysis: ChannelAnalysis, plan: Plan) -> tuple[np.ndarray, ...] | None:
+    """(weights summed over the kernel [O_kept, C_dropped], squared likewise, dropped positions)."""
+    w = node.required(1)
+    if w.const is None:
         return None
     if node.op_type == "Conv":
         axis = 1
-        weights = w.const.reshape(w.const.shape[0], w.const.shape[1], -1).sum(axis=2)  # [O, C]
+        flat = w.const.reshape(w.const.shape[0], w.const.shape[1], -1).astype(np.float64)
+        weights, squares = flat.sum(axis=2), (flat * flat).sum(axis=2)  # [O, C]
     else:
         axis = 1 if node.attr("transB", 0) else 0
-        weights = w.const if axis == 1 else w.const.T  # [N, K]
+        weights = (w.const if axis == 1 else w.const.T).astype(np.float64)  # [N, K]
+        squares = weights * weights
     layout = analysis.layout(w.name, axis)
     outputs = kept_outputs(node, analysis, plan)
     if layout is None or outputs is None:
         return None
     kept = lay.positions(layout, dict(plan.kept))
     dropped = np.setdiff1d(np.arange(weights.shape[1]), kept)
-    rows = weights[outputs][:, dropped].astype(np.float64)
+    return weights[outputs][:, dropped], squares[outputs][:, dropped], dropped
+
+
+def _expected_contribution(
+    node: Node, analysis: ChannelAnalysis, plan: Plan, moments: _Moments
+) -> np.ndarray | None:
+    x = node.required(0)
+    parts = _dropped(node, analysis, plan)
+    if x.name not in moments.n or parts is None:
+        return None
+    rows, _, dropped = parts
     return rows @ moments.mean(x.name)[dropped]
+
+
+def compensate_from_bn(
+    pruned: Graph, original: Graph, analysis: ChannelAnalysis, plan: Plan
+) -> int:
+    """Data-free compensation from explicit BN statistics (``bnstats``): the dropped channels'
+    expected contribution goes into the consumer's bias, and the BatchNormalization right after
+    the consumer loses their variance contribution (independent channels assumed)."""
+    pairs = [(p, o) for p, o in refit_targets(pruned, original) if p.op_type in ("Conv", "Gemm")]
+    done = 0
+    for p_node, o_node in pairs:
+        stats = bnstats.moments(o_node.required(0))
+        parts = _dropped(o_node, analysis, plan)
+        if stats is None or parts is None or len(stats[0]) <= int(parts[2].max(initial=-1)):
+            continue
+        rows, squares, dropped = parts
+        mean, var = stats
+        old = p_node.input(2)
+        base = old.const if old is not None and old.const is not None else 0.0
+        _set_bias(pruned, p_node, (base + rows @ mean[dropped]).astype(np.float32))
+        if var is not None:
+            _shrink_next_bn_var(pruned, p_node, squares @ var[dropped])
+        done += 1
+    log.info("bias-compensated %d consumers from BN statistics", done)
+    return done
+
+
+def _shrink_next_bn_var(graph: Graph, node: Node, lost: np.ndarray) -> None:
+    out = node.outputs[0]
+    for reader in graph.consumers(out):
+        if reader.op_type == "BatchNormalization" and reader.inputs[0] is out:
+            var = reader.input(4)
+            if (
+                var is None
+                or var.const is None
+                or len(var.uses) != 1
+                or var.const.shape != lost.shape
+            ):
+                return
+            var.const = np.maximum(var.const - lost, 0.1 * var.const).astype(var.const.dtype)
+            return

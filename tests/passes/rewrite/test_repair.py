@@ -106,3 +106,26 @@ def test_calibrated_rewrites_need_calibration() -> None:
     model = _model(RNG.standard_normal((8, 3, 1, 1)).astype(np.float32), np.zeros(8, np.float32))
     with pytest.raises(UsageError, match="needs calibration data"):
         prune(model, target_flops=0.8, rewrite="reconstruct")
+
+
+def test_data_free_compensation_uses_bn_statistics() -> None:
+    """Channel 5's BN output is the constant beta (gamma ~ 0): without any data, its expected
+    contribution relu(beta) goes into the consumer's bias and the output is kept."""
+    w1 = RNG.standard_normal((8, 3, 1, 1)).astype(np.float32)
+    model = _model(w1, np.zeros(8, np.float32), bn=True)
+    inits = {t.name: t for t in model.graph.initializer}
+    from onnx import numpy_helper
+
+    gamma = numpy_helper.to_array(inits["g"]).copy()
+    beta = numpy_helper.to_array(inits["be"]).copy()
+    gamma[5], beta[5] = 1e-4, 1.5
+    inits["g"].CopyFrom(numpy_helper.from_array(gamma, "g"))
+    inits["be"].CopyFrom(numpy_helper.from_array(beta, "be"))
+    test = _calib(8)
+    kw = dict(target_flops=_one_channel_ratio(model), round_to=1, measure_latency=False)
+    comp = prune(model, rewrite="compensate", criterion="bn", **kw)
+    assert comp.plan is not None and 5 not in comp.plan.kept[0]
+    expected = run(model, test)[0]
+    assert rel_diff(expected, run(comp.model, test)[0]) <= 1e-3
+    dropped = prune(model, rewrite="drop", criterion="bn", **kw)
+    assert rel_diff(expected, run(dropped.model, test)[0]) > 1e-2
