@@ -138,7 +138,7 @@ def prune(
     target_params: float | None = None,
     criterion: str = "l1",
     strategy: str = "global",
-    rewrite: str = "drop",
+    rewrite: str | None = None,
     calib: str | Path | Mapping[str, np.ndarray] | None = None,
     round_to: int = DEFAULT_ROUND_TO,
     ignore: Iterable[str | int] = (),
@@ -148,8 +148,15 @@ def prune(
     measure_latency: bool = True,
     latency_threads: int = 1,
 ) -> Result:
-    """Prune ``model`` to the target and return the verified result (nothing is written)."""
+    """Prune ``model`` to the target and return the verified result (nothing is written).
+
+    ``rewrite`` None picks the default measured best on real data (benchmarks/quality.py, see
+    the README): ``reconstruct`` with calibration data, ``compensate`` (from BN statistics)
+    without.
+    """
     target = _target(target_flops, target_params)
+    if rewrite is None:
+        rewrite = "reconstruct" if calib is not None else "compensate"
     _check_choice("criterion", criterion, CRITERIA)
     _check_choice("strategy", strategy, STRATEGIES)
     _check_choice("rewrite", rewrite, REWRITES)

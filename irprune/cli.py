@@ -49,7 +49,12 @@ def _prune_parser() -> _Parser:
     p.add_argument("-o", "--output", type=Path, help="default: MODEL.pruned.onnx")
     p.add_argument("--criterion", choices=CRITERIA, default="l1")
     p.add_argument("--strategy", choices=STRATEGIES, default="global")
-    p.add_argument("--rewrite", choices=REWRITES, default="drop")
+    p.add_argument(
+        "--rewrite",
+        choices=REWRITES,
+        default=None,
+        help="default: reconstruct with --calib, compensate without",
+    )
     p.add_argument("--calib", type=Path, help=".npz of arrays keyed by input name")
     p.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, metavar="N")
     p.add_argument("--ignore", action="append", default=[], metavar="NODE_OR_GROUP")

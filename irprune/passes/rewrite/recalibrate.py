@@ -25,7 +25,7 @@ from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.calibration import levels, run_exposed
 from irprune.passes.rewrite import bnstats
-from irprune.passes.rewrite.refit import _set_bias, kept_outputs, refit_targets
+from irprune.passes.rewrite.refit import kept_outputs, refit_targets, shift_output
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,7 @@ def compensate_bias(
         delta = _expected_contribution(o_node, analysis, plan, moments)
         if delta is None:
             continue
-        old = p_node.input(2)
-        base = old.const if old is not None and old.const is not None else 0.0
-        _set_bias(pruned, p_node, (base + delta).astype(np.float32))
+        shift_output(pruned, p_node, delta)
         done += 1
     log.info("bias-compensated %d consumers", done)
     return done
@@ -159,9 +157,7 @@ def compensate_from_bn(
             continue
         rows, squares, dropped = parts
         mean, var = stats
-        old = p_node.input(2)
-        base = old.const if old is not None and old.const is not None else 0.0
-        _set_bias(pruned, p_node, (base + rows @ mean[dropped]).astype(np.float32))
+        shift_output(pruned, p_node, rows @ mean[dropped])
         if var is not None:
             _shrink_next_bn_var(pruned, p_node, squares @ var[dropped])
         done += 1

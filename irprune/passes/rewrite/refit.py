@@ -143,19 +143,33 @@ def _write(node: Node, graph: Graph, sol: np.ndarray) -> None:
         new_w = coef
     w.const = new_w.astype(w.const.dtype)
     if bias is not None:
-        _set_bias(graph, node, bias.astype(w.const.dtype))
+        old = node.input(2)
+        current = old.const if old is not None and old.const is not None else 0.0
+        shift_output(graph, node, bias.astype(np.float64) - current)
 
 
-def _set_bias(graph: Graph, node: Node, bias: np.ndarray) -> None:
+def shift_output(graph: Graph, node: Node, delta: np.ndarray) -> None:
+    """Add ``delta`` to the node's output channels without adding parameters where possible:
+    into its bias; else into the running mean of a BatchNormalization that alone reads the
+    output (BN(y + d) with mean m is BN(y) with mean m - d); else as a new bias input."""
     old = node.input(2)
-    if (
-        old is not None
-        and old.const is not None
-        and old.const.shape == bias.shape
-        and len(old.uses) == 1
-    ):
-        old.const = bias
+    own_bias = old is not None and old.const is not None and len(old.uses) == 1
+    if own_bias and old is not None and old.const is not None and old.const.shape == delta.shape:
+        old.const = (old.const + delta).astype(old.const.dtype)
         return
+    out = node.outputs[0]
+    readers = list(graph.consumers(out))
+    if len(readers) == 1 and readers[0].op_type == "BatchNormalization" and old is None:
+        mean = readers[0].input(3)
+        if mean is not None and mean.const is not None and len(mean.uses) == 1:
+            mean.const = (mean.const - delta).astype(mean.const.dtype)
+            return
+    base = old.const if old is not None and old.const is not None else 0.0
+    log.info("%s gets a new bias input", node)
+    _new_bias(graph, node, np.asarray(base + delta, dtype=np.float32))
+
+
+def _new_bias(graph: Graph, node: Node, bias: np.ndarray) -> None:
     dtype = node.required(1).dtype
     name = graph.unique_name(f"{node.name or node.op_type}_bias")
     value = Value(name, dtype, bias.shape, const=bias)

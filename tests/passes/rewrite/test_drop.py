@@ -16,7 +16,9 @@ from tests.helpers import feeds_for, masked_original, rel_diff, run
 
 
 def _check_masked(model: onnx.ModelProto, criterion: str, target: float = 0.5) -> float:
-    result = prune(model, target_flops=target, criterion=criterion, measure_latency=False)
+    result = prune(
+        model, target_flops=target, criterion=criterion, rewrite="drop", measure_latency=False
+    )
     assert result.plan is not None and result.plan.kept, "nothing was pruned"
     feeds = feeds_for(model, batch=2, seed=1)
     expected = run(masked_original(model, result.analysis, result.plan), feeds)
@@ -84,7 +86,12 @@ def test_dead_channels_go_first_and_change_nothing(demo_model: onnx.ModelProto) 
         widths[gid] -= len(chans)
     ratio = cost.macs_at(widths) / cost.macs_at(cost.base_widths)
     result = prune(
-        model, target_flops=ratio + 1e-9, criterion="l1", round_to=1, measure_latency=False
+        model,
+        target_flops=ratio + 1e-9,
+        criterion="l1",
+        round_to=1,
+        rewrite="drop",
+        measure_latency=False,
     )
     assert result.plan is not None
     for gid, chans in dead.items():
