@@ -1,6 +1,6 @@
 """Prune every zoo model (models/zoo.py) in every export style and check the contracts.
 
-For each (model, style): ``irprune.prune(path, target_flops=F, measure_latency=False)`` on the
+For each (model, style): ``irprune.prune(path, target_flops=F, rewrite="drop")`` on the
 cached export (models/zoo_export.py), then
 
 * **valid** -- ``onnx.checker`` full check of the returned model;
@@ -234,7 +234,9 @@ def _prune_and_check(
 ) -> dict[str, Any]:
     start = time.perf_counter()
     try:
-        result = prune(str(path), target_flops=args.target_flops, measure_latency=False)
+        result = prune(
+            str(path), target_flops=args.target_flops, rewrite="drop", measure_latency=False
+        )
     except TargetError as exc:
         return {**row, "status": "TARGET", "message": str(exc)}
     except IrpruneError as exc:
