@@ -30,8 +30,9 @@ from irprune.passes.importance import CRITERIA, score
 from irprune.passes.rewrite.drop import drop
 from irprune.passes.rewrite.merge import merge
 from irprune.passes.rewrite.recalibrate import (
+    apply_bn_compensation,
     compensate_bias,
-    compensate_from_bn,
+    plan_bn_compensation,
     reestimate_bn,
 )
 from irprune.passes.rewrite.refit import refit
@@ -265,13 +266,16 @@ def _rewrite(
     if rewrite == "merge":
         merge(graph, analysis, plan, seed=seed)
         return
+    if rewrite == "compensate" and calib is None:
+        shifts = plan_bn_compensation(graph, analysis, plan)
+        drop(graph, analysis, plan)
+        apply_bn_compensation(graph, shifts)
+        return
     reference = _import(original) if rewrite in REFERENCE_REWRITES else None
     drop(graph, analysis, plan)
     if reference is None:
         return
-    if rewrite == "compensate" and calib is None:
-        compensate_from_bn(graph, reference, analysis, plan)
-    elif rewrite == "compensate" and calib is not None:
+    if rewrite == "compensate" and calib is not None:
         compensate_bias(graph, reference, analysis, plan, calib)
         reestimate_bn(graph, calib)
     elif calib is not None:

@@ -142,27 +142,38 @@ def _expected_contribution(
     return rows @ moments.mean(x.name)[dropped]
 
 
-def compensate_from_bn(
-    pruned: Graph, original: Graph, analysis: ChannelAnalysis, plan: Plan
-) -> int:
-    """Data-free compensation from explicit BN statistics (``bnstats``): the dropped channels'
-    expected contribution goes into the consumer's bias, and the BatchNormalization right after
-    the consumer loses their variance contribution (independent channels assumed)."""
-    pairs = [(p, o) for p, o in refit_targets(pruned, original) if p.op_type in ("Conv", "Gemm")]
-    done = 0
-    for p_node, o_node in pairs:
-        stats = bnstats.moments(o_node.required(0))
-        parts = _dropped(o_node, analysis, plan)
-        if stats is None or parts is None or len(stats[0]) <= int(parts[2].max(initial=-1)):
+Shift = tuple[Node, np.ndarray, np.ndarray | None]
+
+
+def plan_bn_compensation(graph: Graph, analysis: ChannelAnalysis, plan: Plan) -> list[Shift]:
+    """Data-free compensation from explicit BN statistics (``bnstats``), computed on the graph
+    before dropping: per consumer, the dropped channels' expected contribution to each kept
+    output, and the variance they contributed (independent channels assumed)."""
+    shifts: list[Shift] = []
+    for node in graph.nodes:
+        if node.op_type not in ("Conv", "Gemm") or node.attr("group", 1) != 1:
+            continue
+        parts = _dropped(node, analysis, plan)
+        stats = bnstats.moments(node.required(0))
+        if parts is None or stats is None or not len(parts[2]):
             continue
         rows, squares, dropped = parts
         mean, var = stats
-        shift_output(pruned, p_node, rows @ mean[dropped])
-        if var is not None:
-            _shrink_next_bn_var(pruned, p_node, squares @ var[dropped])
-        done += 1
-    log.info("bias-compensated %d consumers from BN statistics", done)
-    return done
+        if len(mean) <= int(dropped.max()):
+            continue
+        lost = squares @ var[dropped] if var is not None else None
+        shifts.append((node, rows @ mean[dropped], lost))
+    return shifts
+
+
+def apply_bn_compensation(graph: Graph, shifts: list[Shift]) -> int:
+    """Apply ``plan_bn_compensation``'s shifts to the dropped graph (its nodes survive drop)."""
+    for node, delta, lost in shifts:
+        shift_output(graph, node, delta)
+        if lost is not None:
+            _shrink_next_bn_var(graph, node, lost)
+    log.info("bias-compensated %d consumers from BN statistics", len(shifts))
+    return len(shifts)
 
 
 def _shrink_next_bn_var(graph: Graph, node: Node, lost: np.ndarray) -> None:
