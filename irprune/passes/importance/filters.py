@@ -25,7 +25,7 @@ import numpy as np
 from irprune.ir import Graph
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis, ChannelGroup, Source
-from irprune.passes.importance.magnitude import bn_scale, magnitude
+from irprune.passes.importance.magnitude import bn_scale, following_bn, magnitude
 
 _MAX_DIMS = 1024
 _EPS = 1e-12
@@ -121,11 +121,6 @@ def bn(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup, seed: int) 
 
 
 def _following_gamma(graph: Graph, src: Source) -> np.ndarray | None:
-    out = graph.values.get(src.output)
-    if out is None:
-        return None
-    for node in graph.consumers(out):
-        if node.op_type == "BatchNormalization" and node.inputs[0] is out:
-            gamma = node.input(1)
-            return None if gamma is None or gamma.const is None else gamma.const
-    return None
+    node = following_bn(graph, src)
+    gamma = node.input(1) if node is not None else None
+    return None if gamma is None or gamma.const is None else gamma.const

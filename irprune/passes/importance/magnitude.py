@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from irprune.ir import Graph
+from irprune.ir import Graph, Node
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis, ChannelGroup, Source
 
@@ -28,19 +28,30 @@ def _energy(weight: np.ndarray, axis: int, p: int) -> np.ndarray:
     return np.square(weight).sum(axis=others, dtype=np.float64)
 
 
-def bn_scale(graph: Graph, src: Source) -> np.ndarray | None:
-    """|scale / sqrt(var + eps)| of a BatchNormalization reading the source's output, if any."""
+def following_bn(graph: Graph, src: Source) -> Node | None:
+    """The BatchNormalization that reads the source's output directly, if any."""
     out = graph.values.get(src.output)
     if out is None:
         return None
-    for node in graph.consumers(out):
-        if node.op_type == "BatchNormalization" and node.inputs[0] is out:
-            gamma, var = node.input(1), node.input(4)
-            if gamma is None or var is None or gamma.const is None or var.const is None:
-                return None
-            eps = node.attr("epsilon", 1e-5)
-            return np.abs(gamma.const.astype(np.float64)) / np.sqrt(var.const + eps)
-    return None
+    return next(
+        (
+            n
+            for n in graph.consumers(out)
+            if n.op_type == "BatchNormalization" and n.inputs[0] is out
+        ),
+        None,
+    )
+
+
+def bn_scale(graph: Graph, src: Source) -> np.ndarray | None:
+    """|scale / sqrt(var + eps)| of a BatchNormalization reading the source's output, if any."""
+    node = following_bn(graph, src)
+    if node is None:
+        return None
+    gamma, var = node.input(1), node.input(4)
+    if gamma is None or var is None or gamma.const is None or var.const is None:
+        return None
+    return np.abs(gamma.const.astype(np.float64)) / np.sqrt(var.const + node.attr("epsilon", 1e-5))
 
 
 def magnitude(
