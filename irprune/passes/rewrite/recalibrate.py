@@ -114,21 +114,20 @@ def _dropped(node: Node, analysis: ChannelAnalysis, plan: Plan) -> tuple[np.ndar
     w = node.required(1)
     if w.const is None:
         return None
-    if node.op_type == "Conv":
-        axis = 1
-        flat = w.const.reshape(w.const.shape[0], w.const.shape[1], -1).astype(np.float64)
-        weights, squares = flat.sum(axis=2), (flat * flat).sum(axis=2)  # [O, C]
-    else:
-        axis = 1 if node.attr("transB", 0) else 0
-        weights = (w.const if axis == 1 else w.const.T).astype(np.float64)  # [N, K]
-        squares = weights * weights
+    axis = 1 if node.op_type == "Conv" or node.attr("transB", 0) else 0
     layout = analysis.layout(w.name, axis)
     outputs = kept_outputs(node, analysis, plan)
     if layout is None or outputs is None:
         return None
     kept = lay.positions(layout, dict(plan.kept))
-    dropped = np.setdiff1d(np.arange(weights.shape[1]), kept)
-    return weights[outputs][:, dropped], squares[outputs][:, dropped], dropped
+    dropped = np.setdiff1d(np.arange(w.const.shape[axis]), kept)
+    if not len(dropped):
+        return None
+    # only the kept outputs x dropped inputs block is read (a classifier weight can be GBs)
+    block = np.moveaxis(w.const, axis, 1) if axis == 1 else np.moveaxis(w.const, 0, 1)
+    part = block[outputs][:, dropped].astype(np.float64)
+    part = part.reshape(len(outputs), len(dropped), -1)
+    return part.sum(axis=2), (part * part).sum(axis=2), dropped
 
 
 def _expected_contribution(
