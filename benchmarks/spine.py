@@ -42,13 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from irprune.emit.verify import random_inputs, session  # noqa: E402
+from irprune.report import latency  # noqa: E402
 from models.export import cached_export  # noqa: E402
 from tests.oracles import count_macs  # noqa: E402
 
@@ -144,51 +145,11 @@ def worker_main(model: str, round_to: str, target: str, output: str) -> None:
     print(json.dumps({"prune_s": prune_s, "save_s": save_s, "timings_s": timings}))
 
 
-def ort_session(path: Path, threads: int) -> ort.InferenceSession:
-    """What users deploy: all graph optimizations on; spinning off for fair interleaving."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def feeds_for(sess: ort.InferenceSession) -> dict[str, np.ndarray]:
-    """Batch-1 float32 N(0, 1) feeds (every reference model has one float image input)."""
-    rng = np.random.default_rng(0)
-    return {
-        i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(
-            np.float32
-        )
-        for i in sess.get_inputs()
-    }
-
-
-def latency(before: Path, after: Path, threads: int, warmup: int, runs: int) -> dict[str, Any]:
-    """Interleaved medians (ms) of the original and pruned model; order alternates per run."""
-    sessions = [ort_session(before, threads), ort_session(after, threads)]
-    feeds = feeds_for(sessions[0])
-    times: list[list[float]] = [[], []]
-    for i in range(warmup + runs):
-        for k in (0, 1) if i % 2 == 0 else (1, 0):
-            start = time.perf_counter()
-            sessions[k].run(None, feeds)
-            if i >= warmup:
-                times[k].append((time.perf_counter() - start) * 1e3)
-    b, a = (statistics.median(t) for t in times)
-    quart = [statistics.quantiles(t, n=4) for t in times]
-    return {
-        "threads": threads,
-        "warmup": warmup,
-        "runs": runs,
-        "before_ms": b,
-        "after_ms": a,
-        "speedup": b / a,
-        "before_iqr_ms": [quart[0][0], quart[0][2]],
-        "after_iqr_ms": [quart[1][0], quart[1][2]],
-    }
+def latency_row(before: Path, after: Path, threads: int, warmup: int, runs: int) -> dict[str, Any]:
+    """irprune's own interleaved measurement, batch-1 random feeds."""
+    data = before.read_bytes()
+    feeds = random_inputs(session(data), batch=1, seed=0)
+    return latency(data, after.read_bytes(), feeds, threads=threads, runs=runs, warmup=warmup)
 
 
 def breakdown(cli: dict[str, Any], worker: dict[str, Any], startup: float) -> dict[str, float]:
@@ -234,7 +195,7 @@ def bench_one(
     row["mac_ratio"] = row["macs_after"] / ctx["macs_before"]
     row["mac_ratio_irprune"] = cli["report"]["cost"]["ratio"]["macs"]
     row["in_window"] = window_flag(row["mac_ratio"])
-    row["latency"] = [latency(path, pruned, t, args.warmup, args.runs) for t in args.threads]
+    row["latency"] = [latency_row(path, pruned, t, args.warmup, args.runs) for t in args.threads]
     row["fidelity"] = cli["report"].get("fidelity")
     if not args.keep:
         pruned.unlink(missing_ok=True)

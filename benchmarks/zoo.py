@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -59,6 +58,7 @@ from irprune.errors import IrpruneError, TargetError  # noqa: E402
 from irprune.frontends.onnx import import_model  # noqa: E402
 from irprune.passes.analysis.channels import analyze  # noqa: E402
 from irprune.passes.analysis.cost import build_cost_model  # noqa: E402
+from irprune.report import latency  # noqa: E402
 from models.zoo import ZOO  # noqa: E402
 from models.zoo_export import cached_zoo_export, code_version  # noqa: E402
 from tests.helpers import masked_original, rel_diff  # noqa: E402
@@ -161,21 +161,6 @@ def check_result(original: onnx.ModelProto, result: Any) -> dict[str, Any]:
     return {"masked_rel_diff": err, "fidelity": result.report.get("fidelity")}
 
 
-def latency(before: bytes, after: bytes, warmup: int, runs: int) -> dict[str, float]:
-    """Interleaved 1-thread medians (ms), ORT_ENABLE_ALL, batch 1; order alternates."""
-    sessions = [session(m, threads=1, optimize=True) for m in (before, after)]
-    feeds = random_inputs(sessions[0], batch=1, seed=0)
-    times: list[list[float]] = [[], []]
-    for i in range(warmup + runs):
-        for k in (0, 1) if i % 2 == 0 else (1, 0):
-            start = time.perf_counter()
-            sessions[k].run(None, feeds)
-            if i >= warmup:
-                times[k].append((time.perf_counter() - start) * 1e3)
-    b, a = (statistics.median(t) for t in times)
-    return {"before_ms": b, "after_ms": a, "speedup": b / a, "runs": runs}
-
-
 # --------------------------------------------------------------------------- one row
 
 
@@ -263,7 +248,9 @@ def _prune_and_check(
         row["mac_ratio_oracle"] = None if after is None else after / row["oracle_macs_before"]
     if not args.no_latency:
         data = result.serialized or result.model.SerializeToString()
-        row["latency"] = latency(original.SerializeToString(), data, args.warmup, args.runs)
+        before = original.SerializeToString()
+        feeds = random_inputs(session(before), batch=1, seed=0)
+        row["latency"] = latency(before, data, feeds, warmup=args.warmup, runs=args.runs)
     lo, hi = args.target_flops - 0.02, args.target_flops
     if not lo - 1e-9 <= row["mac_ratio"] <= hi + 1e-9:
         msg = f"MAC ratio {row['mac_ratio']:.4f} outside [{lo:.2f}, {hi:.2f}]"

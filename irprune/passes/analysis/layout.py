@@ -133,3 +133,9 @@ def channel_positions(layout: Layout, root: int) -> list[np.ndarray]:
             found.append(offset + o + c + i)
         offset += s.span
     return found
+
+
+def channel_slices(array: np.ndarray, axis: int, pos: np.ndarray) -> np.ndarray:
+    """Slices of ``array`` along ``axis`` at ``pos`` (``[outer, size, inner]``, one entry of
+    ``channel_positions``), grouped by channel: ``[size, outer, inner, ...other axes]``."""
+    return np.moveaxis(array, axis, 0)[np.transpose(pos, (1, 0, 2))]

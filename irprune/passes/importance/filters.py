@@ -38,14 +38,16 @@ def source_rows(
     weight = graph.values[src.weight].const
     layout = analysis.layout(src.weight, src.axis)
     assert weight is not None and layout is not None
-    w = np.moveaxis(np.asarray(weight, dtype=np.float32), src.axis, 0)
     scale = bn_scale(graph, src)
-    if scale is not None and scale.shape[0] == w.shape[0]:
-        w = w * scale.astype(np.float32).reshape(-1, *([1] * (w.ndim - 1)))
+    if scale is not None and scale.shape[0] != weight.shape[src.axis]:
+        scale = None
     rows = []
     for pos in lay.channel_positions(layout, group.id):  # [outer, size, inner]
-        per_channel = np.transpose(pos, (1, 0, 2)).reshape(group.size, -1)
-        rows.append(w[per_channel].reshape(group.size, -1))
+        part = lay.channel_slices(weight, src.axis, pos).astype(np.float32)
+        if scale is not None:  # scale the picked rows only, never a copy of the whole weight
+            factor = scale[np.transpose(pos, (1, 0, 2))].astype(np.float32)
+            part = part * factor.reshape(*factor.shape, *([1] * (part.ndim - 3)))
+        rows.append(part.reshape(group.size, -1))
     return np.concatenate(rows, axis=1)
 
 

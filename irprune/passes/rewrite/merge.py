@@ -50,19 +50,12 @@ def consumer_spaces(graph: Graph) -> set[Space]:
     return out
 
 
-def _rows(data: np.ndarray, axis: int, pos: np.ndarray) -> np.ndarray:
-    """[channels, ...] slices at ``pos`` ([outer, size, inner]) along ``axis``."""
-    moved = np.moveaxis(data, axis, 0)
-    per_channel = np.transpose(pos, (1, 0, 2))  # [size, outer, inner]
-    return moved[per_channel]  # [size, outer, inner, ...rest]
-
-
 def _features(graph: Graph, members: list[tuple[Space, np.ndarray]], size: int) -> np.ndarray:
     parts = []
     for space, pos in members:
         data = graph.values[space.value].const
         assert data is not None
-        rows = _rows(np.asarray(data, dtype=np.float64), space.axis, pos).reshape(size, -1)
+        rows = lay.channel_slices(data, space.axis, pos).astype(np.float64).reshape(size, -1)
         parts.append(rows / (np.sqrt(np.mean(rows * rows)) + 1e-12))
     return np.concatenate(parts, axis=1) if parts else np.zeros((size, 1))
 

@@ -16,9 +16,11 @@ Softmax-like ops normalise over one axis (opset >= 13; before 13, over the flatt
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from irprune.ir import Node
+from irprune.passes.analysis.layout import Layout
 from irprune.passes.analysis.rules.base import OpRule
 
 if TYPE_CHECKING:
@@ -40,20 +42,32 @@ def _broadcast(ctx: Context, node: Node) -> None:
         ctx.refuse(node, "output shape unknown")
         return
     for k in range(out.rank):
-        aligned = []
-        for i, v in enumerate(node.inputs):
-            if v is None or v.rank is None:
-                continue
-            a = k - (out.rank - v.rank)
-            if a < 0 or (v.static_dim(a) == 1 and out.static_dim(k) != 1):
-                continue
-            aligned.append((i, a, ctx.get(v, a)))
-        layout = next((lt for _, _, lt in aligned if lt is not None), None)
-        if layout is None:
+        broadcast_axis(ctx, node, k, range(len(node.inputs)), ctx.tie)
+
+
+Tie = Callable[[Node, int, int, Layout], None]
+
+
+def broadcast_axis(ctx: Context, node: Node, k: int, inputs: Iterable[int], tie: Tie) -> None:
+    """Output axis ``k`` of a broadcasting op: the inputs' axes aligned with it from the right
+    (not a broadcast 1) share the first layout found among them; ``tie`` binds each."""
+    out = node.outputs[0]
+    assert out.rank is not None
+    aligned = []
+    for i in inputs:
+        v = node.input(i)
+        if v is None or v.rank is None:
             continue
-        ctx.set_layout(out, k, layout)
-        for i, a, _ in aligned:
-            ctx.tie(node, i, a, layout)
+        a = k - (out.rank - v.rank)
+        if a < 0 or (v.static_dim(a) == 1 and out.static_dim(k) != 1):
+            continue
+        aligned.append((i, a, ctx.get(v, a)))
+    layout = next((lt for _, _, lt in aligned if lt is not None), None)
+    if layout is None:
+        return
+    ctx.set_layout(out, k, layout)
+    for i, a, _ in aligned:
+        tie(node, i, a, layout)
 
 
 def _softmax(ctx: Context, node: Node) -> None:

@@ -24,12 +24,14 @@ and shrink with the heads.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from irprune.ir import Node, Value
 from irprune.passes.analysis.layout import Layout
 from irprune.passes.analysis.rules import const_chain
 from irprune.passes.analysis.rules.base import Contraction, OpRule, Term
+from irprune.passes.analysis.rules.elementwise import broadcast_axis
 
 if TYPE_CHECKING:
     from irprune.passes.analysis.channels import Context
@@ -78,21 +80,7 @@ def _gemm(ctx: Context, node: Node) -> None:
 
 def _broadcast_batch(ctx: Context, node: Node, k: int) -> None:
     """Y's batch axis ``k``: the operands' batch axes aligned with it share one layout."""
-    y = node.outputs[0]
-    assert y.rank is not None
-    aligned: list[tuple[int, int, Layout | None]] = []
-    for i in (0, 1):
-        v = node.required(i)
-        axis = k - (y.rank - (v.rank or 0))
-        if axis < 0 or (v.static_dim(axis) == 1 and y.static_dim(k) != 1):
-            continue
-        aligned.append((i, axis, ctx.get(v, axis)))
-    layout = next((lt for _, _, lt in aligned if lt is not None), None)
-    if layout is None:
-        return
-    ctx.set_layout(y, k, layout)
-    for i, axis, _ in aligned:
-        const_chain.tie(ctx, node, i, axis, layout)
+    broadcast_axis(ctx, node, k, (0, 1), functools.partial(const_chain.tie, ctx))
 
 
 def _matmul(ctx: Context, node: Node) -> None:
