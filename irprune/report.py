@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from irprune import progress
 from irprune.emit.verify import session
 
 
@@ -39,12 +40,14 @@ def latency(
     threads: int = 1,
     runs: int = 20,
     warmup: int = 3,
+    callback: progress.Callback | None = None,
 ) -> dict[str, float]:
     """Median onnxruntime CPU latency (ms) of both models: all graph optimizations on (what users
-    deploy), spinning off, runs interleaved with the order alternating every iteration."""
+    deploy), spinning off, runs interleaved with the order alternating every iteration.
+    Progress (one unit per pair of runs) goes to ``callback`` and any display enabled."""
     sessions = [session(m, threads=threads, optimize=True) for m in (original, pruned)]
     times: list[list[float]] = [[], []]
-    for i in range(warmup + runs):
+    for i in progress.track(range(warmup + runs), "latency", callback=callback):
         for k in (0, 1) if i % 2 == 0 else (1, 0):
             t0 = time.perf_counter()
             sessions[k].run(None, dict(feeds))
