@@ -20,6 +20,7 @@ from irprune.emit import atomic_write
 KEPT = "#2563eb"  # channels kept
 REMOVED = "#f59e0b"  # channels removed
 FROZEN = "#9ca3af"  # frozen group (left alone)
+CHART_BG = "#f8fafc"  # the width chart's background (marks its area)
 BEFORE = "#cbd5e1"  # cost before
 AFTER = "#0d9488"  # cost after
 LATENCY_BEFORE = "#ddd6fe"
@@ -81,7 +82,8 @@ def width_bars(groups: Sequence[Mapping[str, Any]]) -> str:
     """One row per group: a bar as long as its width before, blue for the channels kept and
     amber for the ones removed; frozen groups all grey, with their reason."""
     widest = max((int(g["size"]) for g in groups), default=1) or 1
-    parts = []
+    height = max(len(groups), 1) * _ROW_H
+    parts = [_rect(0, 0, CHART_WIDTH, height, CHART_BG, "chart-bg", "channel groups")]
     for row, g in enumerate(groups):
         y = row * _ROW_H
         size, kept = int(g["size"]), int(g["kept"])
@@ -107,7 +109,7 @@ def width_bars(groups: Sequence[Mapping[str, Any]]) -> str:
             f'<text x="{x0 + _BAR_W + 10}" y="{y + 12}">{esc(_short(note, 44))}'
             f"<title>{esc(note)}</title></text>"
         )
-    return _svg(max(len(groups), 1) * _ROW_H, parts, "width-chart")
+    return _svg(height, parts, "width-chart")
 
 
 def before_after_bars(
