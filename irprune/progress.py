@@ -32,6 +32,7 @@ class _Stream(Protocol):
 
 
 _BAR = 24
+DEFAULT_DELAY = 0.3  # seconds: a step faster than this never draws (no flicker for quick steps)
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Display:
     """Draws one status line (the most recently advanced task), redrawn in place with ``\\r``."""
 
     stream: _Stream
-    delay: float = 0.3  # a step faster than this never draws (no flicker for quick steps)
+    delay: float = DEFAULT_DELAY
     interval: float = 0.1  # at most this often
     started: dict[str, float] = field(default_factory=dict)
     last_draw: float = 0.0
@@ -85,13 +86,14 @@ def enabled(
     *,
     quiet: bool = False,
     force: bool = False,
-    delay: float = 0.3,
+    delay: float | None = None,
 ) -> Iterator[Display | None]:
     """Show progress on ``stream`` for the steps run inside, if it is a terminal (or ``force``)
     and not ``quiet``. Yields the display, or None when nothing will be drawn."""
     isatty = getattr(stream, "isatty", None)
     draw = not quiet and (force or (callable(isatty) and bool(isatty())))
-    display = Display(stream, delay=delay) if draw else None
+    wait = DEFAULT_DELAY if delay is None else delay
+    display = Display(stream, delay=wait) if draw else None
     token = _DISPLAY.set(display)
     try:
         yield display
