@@ -36,7 +36,6 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 .card{border:1px solid #e5e7eb;border-radius:6px;padding:8px 14px;min-width:150px}
 .card b{display:block;font-size:20px}
 table{border-collapse:collapse}td,th{padding:3px 12px 3px 0;text-align:left}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:-1px}
 svg text{font:12px system-ui,sans-serif;fill:#111827}
 """
@@ -61,7 +60,11 @@ def _num(x: float | None, spec: str = ".4g") -> str:
 
 
 def _short(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+    """At most ``n`` characters, cut in the middle (node paths differ at both ends)."""
+    if len(text) <= n:
+        return text
+    head = (n - 1) // 3
+    return text[:head] + "…" + text[len(text) - (n - 1 - head) :]
 
 
 def _rect(x: float, y: float, w: float, h: float, fill: str, cls: str, title: str) -> str:
@@ -92,7 +95,7 @@ def width_bars(groups: Sequence[Mapping[str, Any]]) -> str:
         kept_w = round(_BAR_W * kept / widest)
         tip = f"group {g['id']}: {size} -> {kept} channels; sources: {sources}"
         parts.append(
-            f'<text x="0" y="{y + 12}">{esc(_short(str(g["id"]) + "  " + sources, 46))}'
+            f'<text x="0" y="{y + 12}">{esc(g["id"])}  {esc(_short(sources, 42))}'
             f"<title>{esc(tip)}</title></text>"
         )
         x0, yb = _LABEL_W, y + (_ROW_H - _BAR_H) // 2
@@ -136,15 +139,7 @@ def before_after_bars(
 
 def _table(rows: Iterable[tuple[object, ...]], header: tuple[str, ...] = ()) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="n">{esc(c)}</td>' if isinstance(c, int | float) else f"<td>{esc(c)}</td>"
-            for c in row
-        )
-        + "</tr>"
-        for row in rows
-    )
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
 
 
