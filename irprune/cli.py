@@ -227,6 +227,10 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__()
         self.setFormatter(logging.Formatter("irprune: %(levelname)s: %(message)s"))
 
+    def emit(self, record: logging.LogRecord) -> None:
+        progress.interrupt()  # a status line is erased first, not run into
+        super().emit(record)
+
     @property  # type: ignore[override]
     def stream(self) -> Any:
         return sys.stderr

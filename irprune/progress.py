@@ -103,6 +103,14 @@ def enabled(
             display.close()
 
 
+def interrupt() -> None:
+    """Erase the status line (if one is drawn) before other text goes to the same stream; the
+    next update draws it again. The CLI's log handler calls this before every record."""
+    display = _DISPLAY.get()
+    if display is not None:
+        display.close()
+
+
 def _report(label: str, done: int, total: int | None, callback: Callback | None) -> None:
     if callback is not None:
         callback(label, done, total)

@@ -80,6 +80,19 @@ def test_draws_on_a_terminal_and_erases_the_line_at_the_end() -> None:
     assert "later" not in stream.getvalue()
 
 
+def test_interrupt_erases_the_line_and_the_next_update_redraws() -> None:
+    stream = FakeTTY()
+    with progress.enabled(stream, delay=0), progress.task("work", 4) as t:
+        t.advance()
+        progress.interrupt()
+        stream.write("a log line\n")
+        t.advance(3)
+    text = stream.getvalue()
+    before, after = text.split("a log line\n")
+    assert before.endswith("\r\x1b[K") and "work  0/4" in before
+    assert "work  4/4" in after
+
+
 def test_forced_display_and_delay() -> None:
     stream = io.StringIO()
     with progress.enabled(stream, force=True, delay=60):  # every step here is quicker than 60 s
