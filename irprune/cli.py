@@ -109,7 +109,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         if path is not None and not path.resolve().parent.is_dir():
             raise UsageError(f"{path}: the folder {path.parent} does not exist")
     with progress.enabled(sys.stderr, quiet=args.quiet):
-        result = _prune_with(prune, args)
+        result = prune(args.model, **_prune_options(args))
     log.info(
         "timings: %s",
         ", ".join(f"{k} {v:.3f}s" for k, v in result.report.get("timings_s", {}).items()),
@@ -133,9 +133,8 @@ def _run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prune_with(prune: Any, args: argparse.Namespace) -> Any:
-    return prune(
-        args.model,
+def _prune_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
         target_flops=args.target_flops,
         target_params=args.target_params,
         criterion=args.criterion,
