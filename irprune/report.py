@@ -54,8 +54,10 @@ def latency(
             if i >= warmup:
                 times[k].append((time.perf_counter() - t0) * 1e3)
     before, after = (statistics.median(t) for t in times)
+    first = next(iter(feeds.values()), None)
     return {
         "threads": threads,
+        "batch": int(first.shape[0]) if first is not None and first.ndim else 1,
         "runs": runs,
         "before_ms": before,
         "after_ms": after,
@@ -82,7 +84,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     if lat:
         lines.append(
             f"{'latency':10}{lat['before_ms']:>10.2f}ms{lat['after_ms']:>10.2f}ms"
-            f"{lat['speedup']:>8.2f}x  (onnxruntime CPU, {lat['threads']} thread)"
+            f"{lat['speedup']:>8.2f}x  (onnxruntime CPU, {lat['threads']} thread"
+            + (f", batch {lat['batch']})" if "batch" in lat else ")")
         )
     settings = report.get("settings", {})
     if settings.get("round_to_applied", settings.get("round_to")) != settings.get("round_to"):

@@ -204,7 +204,11 @@ def _latency(report: Mapping[str, Any]) -> str:
         ("before", f"{lat['before_ms']:.3f} ms"),
         ("after", f"{lat['after_ms']:.3f} ms"),
         ("speedup", f"{_num(lat['speedup'], '.3f')}x"),
-        ("setting", f"onnxruntime CPU, {lat['threads']} thread(s), median of {lat['runs']}"),
+        (
+            "setting",
+            f"onnxruntime CPU, {lat['threads']} thread(s), batch {lat.get('batch', '?')}, "
+            f"median of {lat['runs']} interleaved runs",
+        ),
     ]
     bars = [("latency", float(lat["before_ms"]), float(lat["after_ms"]), "ms")]
     chart = before_after_bars(bars, "latency-chart", (LATENCY_BEFORE, LATENCY_AFTER))
