@@ -1,8 +1,6 @@
 """Command line: ``irprune MODEL --target-flops F``, ``irprune inspect MODEL``, ``irprune demo``.
 
-Exit codes: 0 success; 2 bad arguments or input files we cannot use; 3 not a readable model;
-4 the target cannot be met (the message says what blocked it); 5 the rewritten model failed
-verification (nothing written); 70 internal error.
+Exit codes (also in every ``--help``): see ``EXIT_CODES``.
 """
 
 from __future__ import annotations
@@ -12,16 +10,35 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from irprune import progress
 from irprune.errors import IrpruneError, UsageError
 
 log = logging.getLogger("irprune")
 
+EXIT_CODES = """exit codes:
+  0   success
+  2   bad arguments, or an input file irprune cannot use (missing, calibration mismatch)
+  3   not a readable ONNX model
+  4   the target cannot be met (the message says what blocked it)
+  5   the rewritten model failed verification (nothing written)
+  70  internal error (a bug; rerun with -v for a traceback)
+  130 interrupted
+
+-v/--verbose: debug logs, and a traceback on internal errors; -q/--quiet: only errors.
+Progress for long steps is drawn on stderr when it is a terminal (not with -q)."""
+
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("epilog", EXIT_CODES)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
@@ -66,6 +83,12 @@ def _prune_parser() -> _Parser:
     p.add_argument("--ignore", action="append", default=[], metavar="NODE_OR_GROUP")
     p.add_argument("--max-prune", type=float, default=DEFAULT_MAX_PRUNE, metavar="F")
     p.add_argument("--report", type=Path, metavar="FILE.json")
+    p.add_argument(
+        "--report-html",
+        type=Path,
+        metavar="FILE.html",
+        help="the report as one self-contained HTML page (width bars, cost, fidelity, latency)",
+    )
     p.add_argument("--dry-run", action="store_true", help="analyse and plan; write nothing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency")
@@ -75,8 +98,8 @@ def _prune_parser() -> _Parser:
 
 
 def _verbosity(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs; tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
 
 def _run_prune(args: argparse.Namespace) -> int:
@@ -88,11 +111,36 @@ def _run_prune(args: argparse.Namespace) -> int:
     output = args.output or args.model.with_name(args.model.stem + ".pruned.onnx")
     if output.resolve() == args.model.resolve():
         raise UsageError("the output path is the input file; choose another with -o")
-    for path in (output, args.report):
+    for path in (output, args.report, args.report_html):
         if path is not None and not path.resolve().parent.is_dir():
             raise UsageError(f"{path}: the folder {path.parent} does not exist")
-    result = prune(
-        args.model,
+    with progress.enabled(sys.stderr, quiet=args.quiet):
+        result = prune(args.model, **_prune_options(args))
+    log.info(
+        "timings: %s",
+        ", ".join(f"{k} {v:.3f}s" for k, v in result.report.get("timings_s", {}).items()),
+    )
+    result.report["input"] = str(args.model)
+    if not args.dry_run:
+        result.save(output)
+        result.report["output"] = str(output)
+    if args.report:
+        _write_json(args.report, result.report)
+    if args.report_html:
+        from irprune.report_html import write
+
+        write(result.report, args.report_html)
+    if not args.quiet:
+        print(format_table(result.report))
+        written = [str(p) for p in (args.report, args.report_html) if p is not None]
+        print("dry run: nothing written" if args.dry_run else f"wrote {output}")
+        if written:
+            print(f"report: {', '.join(written)}")
+    return 0
+
+
+def _prune_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
         target_flops=args.target_flops,
         target_params=args.target_params,
         target_latency=args.target_latency,
@@ -108,16 +156,6 @@ def _run_prune(args: argparse.Namespace) -> int:
         measure_latency=not args.no_latency,
         latency_threads=args.threads,
     )
-    result.report["input"] = str(args.model)
-    if not args.dry_run:
-        result.save(output)
-        result.report["output"] = str(output)
-    if args.report:
-        _write_json(args.report, result.report)
-    if not args.quiet:
-        print(format_table(result.report))
-        print("dry run: nothing written" if args.dry_run else f"wrote {output}")
-    return 0
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -127,16 +165,35 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _run_inspect(argv: Sequence[str]) -> int:
-    from irprune.inspect import inspect_model
+    from irprune.emit import atomic_write
+    from irprune.inspect import inspect_model, to_dot
 
     p = _Parser(prog="irprune inspect", description="Show channel groups and what blocks them.")
     p.add_argument("model", type=Path)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="machine-readable output")
+    out.add_argument(
+        "--dot",
+        nargs="?",
+        const="-",
+        type=Path,
+        metavar="FILE",
+        help="the channel-group graph in Graphviz DOT, to FILE or stdout",
+    )
     _verbosity(p)
     args = p.parse_args(argv)
     _logging(args)
+    if args.dot is not None and str(args.dot) != "-" and not args.dot.resolve().parent.is_dir():
+        raise UsageError(f"{args.dot}: the folder {args.dot.parent} does not exist")
     info = inspect_model(args.model)
-    print(json.dumps(info, indent=2) if args.json else info["text"])
+    if args.dot is None:
+        print(json.dumps(info, indent=2) if args.json else info["text"])
+    elif str(args.dot) == "-":
+        print(to_dot(info), end="")
+    else:
+        atomic_write(to_dot(info).encode("utf-8"), args.dot)
+        if not args.quiet:
+            print(f"wrote {args.dot}")
     return 0
 
 
@@ -152,7 +209,8 @@ def _run_demo(argv: Sequence[str]) -> int:
     _logging(args)
     args.out.mkdir(parents=True, exist_ok=True)
     model_path = atomic_write(build_demo_model(), args.out / "demo.onnx")
-    print(f"built the demo model: {model_path}")
+    if not args.quiet:
+        print(f"built the demo model: {model_path}")
     ns = _prune_parser().parse_args(
         [
             str(model_path),
@@ -160,15 +218,41 @@ def _run_demo(argv: Sequence[str]) -> int:
             str(args.target_flops),
             "--report",
             str(args.out / "demo.report.json"),
+            "--report-html",
+            str(args.out / "demo.report.html"),
         ]
     )
-    ns.quiet = args.quiet
+    ns.quiet, ns.verbose = args.quiet, args.verbose
     return _run_prune(ns)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("irprune: %(levelname)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        progress.interrupt()  # a status line is erased first, not run into
+        super().emit(record)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _logging(args: argparse.Namespace) -> None:
+    """irprune's own loggers: debug with -v, errors only with -q, else warnings. Other
+    libraries' loggers are left alone."""
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING
-    logging.basicConfig(level=level, format="irprune: %(levelname)s: %(message)s")
+    log.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        log.addHandler(_StderrHandler())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _logging(args)
         return _run_prune(args)
     except IrpruneError as exc:
+        log.debug("%s raised here:", type(exc).__name__, exc_info=True)
         print(f"irprune: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
@@ -193,10 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if verbose:
-            raise
-        print(
-            f"irprune: internal error: {type(exc).__name__}: {exc} (rerun with -v)", file=sys.stderr
-        )
+            traceback.print_exc(file=sys.stderr)
+        hint = "" if verbose else " (rerun with -v for a traceback)"
+        print(f"irprune: internal error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return 70
 
 

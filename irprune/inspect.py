@@ -1,12 +1,16 @@
-"""``irprune inspect``: channel groups, their members, what freezes them, their cost."""
+"""``irprune inspect``: channel groups, their members, what freezes them, their cost; and the
+channel-group graph in Graphviz DOT (``--dot``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from irprune.frontends.onnx import import_model
-from irprune.passes.analysis.channels import analyze
+from irprune.ir import Graph
+from irprune.passes.analysis import layout as lay
+from irprune.passes.analysis.channels import ChannelAnalysis, analyze
 from irprune.passes.analysis.cost import build_cost_model
 from irprune.passes.fold import fold_constants
 
@@ -43,7 +47,76 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
         "groups": groups,
     }
     info["text"] = _text(info)
+    info["edges"] = [
+        {"from": a, "to": b, "ops": ops} for (a, b), ops in group_edges(graph, analysis).items()
+    ]
     return info
+
+
+def group_edges(graph: Graph, analysis: ChannelAnalysis) -> dict[tuple[int, int], list[str]]:
+    """(A, B) -> op types of the nodes where channel group A flows into group B: a node whose
+    (non-constant) inputs carry A and whose outputs carry B, B not among its inputs' groups (a
+    Concat of A and B is no edge; a Conv from A to B is)."""
+    edges: dict[tuple[int, int], list[str]] = {}
+    for node in graph.nodes:
+        ins = _groups_of(
+            analysis, (v.name for v in node.inputs if v is not None and not v.is_const)
+        )
+        outs = _groups_of(analysis, (v.name for v in node.outputs))
+        for a in sorted(ins - outs):
+            for b in sorted(outs - ins):
+                ops = edges.setdefault((a, b), [])
+                if node.op_type not in ops:
+                    ops.append(node.op_type)
+    return edges
+
+
+def _groups_of(analysis: ChannelAnalysis, names: Iterable[str]) -> set[int]:
+    return {
+        root
+        for name in names
+        for layout in analysis.layouts.get(name, {}).values()
+        for root in lay.roots(layout)
+    }
+
+
+def _dot_string(text: str) -> str:
+    """A DOT double-quoted string: backslashes and quotes escaped, line breaks as DOT's ``\\n``,
+    other control characters as spaces (a node name can hold anything)."""
+    lines = [
+        "".join(c if c.isprintable() else " " for c in line) for line in text.splitlines() or [""]
+    ]
+    body = "\\n".join(x.replace("\\", "\\\\").replace('"', '\\"') for x in lines)
+    # DOT's lexer reads a backslash before the closing quote as an escaped quote
+    return f'"{body} "' if body.endswith("\\") else f'"{body}"'
+
+
+def to_dot(info: Mapping[str, Any]) -> str:
+    """The channel-group graph of ``inspect_model``'s result as a Graphviz digraph: one node per
+    group (id, width, prunable or the reason it is frozen, its first sources), one edge per pair of
+    groups that meet at an op (labelled with the op types)."""
+    lines = [
+        "digraph channel_groups {",
+        "  rankdir=LR;",
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica"];',
+        '  edge [fontname="Helvetica", fontsize=10];',
+    ]
+    for g in info["groups"]:
+        label = [f"group {g['id']}", f"{g['size']} channels, {g['macs_share']:.1%} of MACs"]
+        label.append("frozen: " + g["frozen"][0] if g["frozen"] else "prunable")
+        label.append(_sources(g["sources"]))
+        colour = "#e5e7eb" if g["frozen"] else "#bfdbfe"
+        text = _dot_string("\n".join(label))
+        lines.append(f'  g{g["id"]} [label={text}, fillcolor="{colour}"];')
+    for e in info["edges"]:
+        lines.append(f"  g{e['from']} -> g{e['to']} [label={_dot_string(', '.join(e['ops']))}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _sources(sources: Sequence[str]) -> str:
+    shown = ", ".join(sources[:3]) + (f" +{len(sources) - 3}" if len(sources) > 3 else "")
+    return shown or "(no source)"
 
 
 def _text(info: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from irprune import progress
 from irprune.emit.verify import session
 
 
@@ -39,20 +40,24 @@ def latency(
     threads: int = 1,
     runs: int = 20,
     warmup: int = 3,
+    callback: progress.Callback | None = None,
 ) -> dict[str, Any]:
     """Median onnxruntime CPU latency (ms) of both models: all graph optimizations on (what users
-    deploy), spinning off, runs interleaved with the order alternating every iteration."""
+    deploy), spinning off, runs interleaved with the order alternating every iteration.
+    Progress (one unit per pair of runs) goes to ``callback`` and any display enabled."""
     sessions = [session(m, threads=threads, optimize=True) for m in (original, pruned)]
     times: list[list[float]] = [[], []]
-    for i in range(warmup + runs):
+    for i in progress.track(range(warmup + runs), "latency", callback=callback):
         for k in (0, 1) if i % 2 == 0 else (1, 0):
             t0 = time.perf_counter()
             sessions[k].run(None, dict(feeds))
             if i >= warmup:
                 times[k].append((time.perf_counter() - t0) * 1e3)
     before, after = (statistics.median(t) for t in times)
+    first = next(iter(feeds.values()), None)
     return {
         "threads": threads,
+        "batch": int(first.shape[0]) if first is not None and first.ndim else 1,
         "runs": runs,
         "before_ms": before,
         "after_ms": after,
@@ -79,7 +84,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     if lat:
         lines.append(
             f"{'latency':10}{lat['before_ms']:>10.2f}ms{lat['after_ms']:>10.2f}ms"
-            f"{lat['speedup']:>8.2f}x  (onnxruntime CPU, {lat['threads']} thread)"
+            f"{lat['speedup']:>8.2f}x  (onnxruntime CPU, {lat['threads']} thread"
+            + (f", batch {lat['batch']})" if "batch" in lat else ")")
         )
     if lat and "rounds" in lat:
         last = lat["after_ms"] / lat["before_ms"]

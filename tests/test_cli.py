@@ -334,7 +334,12 @@ def test_demo_command(
     assert RATIO_LO <= report["cost"]["ratio"]["macs"] <= RATIO_HI
     ratio = count_macs(onnx.load(str(pruned))) / count_macs(onnx.load(str(out_dir / "demo.onnx")))
     assert RATIO_LO <= ratio <= RATIO_HI
-    assert _files(tmp_path) == {"DIR/demo.onnx", "DIR/demo.pruned.onnx", "DIR/demo.report.json"}
+    assert _files(tmp_path) == {
+        "DIR/demo.onnx",
+        "DIR/demo.pruned.onnx",
+        "DIR/demo.report.json",
+        "DIR/demo.report.html",
+    }
 
 
 # --- known bugs (see the report that came with these tests) ----------------------------------

@@ -108,6 +108,12 @@ def verify(
         raise VerificationError(f"onnxruntime could not run the rewritten model: {exc}") from exc
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(model: onnx.ModelProto | bytes, path: str | Path) -> Path:
     """Serialize ``model`` to ``path`` via a temporary file and rename; never a partial file."""
     path = Path(path)
@@ -118,6 +124,7 @@ def atomic_write(model: onnx.ModelProto | bytes, path: str | Path) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a new file gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

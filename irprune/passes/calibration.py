@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from irprune import progress
 from irprune.emit import to_model
 from irprune.emit.verify import session
 from irprune.ir import Graph, Node
@@ -49,6 +50,11 @@ def levels(graph: Graph, targets: Iterable[Node]) -> list[list[Node]]:
     return [by_level[k] for k in sorted(by_level)]
 
 
+def batch_count(feeds: Mapping[str, np.ndarray], size: int) -> int:
+    total = len(next(iter(feeds.values())))
+    return -(-total // size)
+
+
 def batches(feeds: Mapping[str, np.ndarray], size: int) -> Iterable[dict[str, np.ndarray]]:
     total = len(next(iter(feeds.values())))
     for start in range(0, total, size):
@@ -62,16 +68,22 @@ def iterate_exposed(
     *,
     batch: int = 32,
     threads: int = 2,
+    label: str = "calibration",
+    callback: progress.Callback | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Per calibration batch, the requested values by name (one batch in memory at a time)."""
+    """Per calibration batch, the requested values by name (one batch in memory at a time).
+    Progress (one unit per batch) goes to ``callback`` and any display the caller enabled."""
     names = list(dict.fromkeys(names))
     sess = session(exposed(graph, names), threads=threads)
     wanted = [n for n in names if n in {o.name for o in sess.get_outputs()}]
+    chunks = progress.track(
+        batches(feeds, batch), label, total=batch_count(feeds, batch), callback=callback
+    )
     if not wanted:  # onnxruntime would return every output for an empty list
-        for _ in batches(feeds, batch):
+        for _ in chunks:
             yield {}
         return
-    for chunk in batches(feeds, batch):
+    for chunk in chunks:
         yield dict(zip(wanted, (np.asarray(a) for a in sess.run(wanted, chunk)), strict=True))
 
 
@@ -83,8 +95,13 @@ def run_exposed(
     *,
     batch: int = 32,
     threads: int = 2,
+    label: str = "calibration",
+    callback: progress.Callback | None = None,
 ) -> None:
     """Call ``reduce(name, array)`` for every requested value on every calibration batch."""
-    for arrays in iterate_exposed(graph, names, feeds, batch=batch, threads=threads):
+    arrays_by_batch = iterate_exposed(
+        graph, names, feeds, batch=batch, threads=threads, label=label, callback=callback
+    )
+    for arrays in arrays_by_batch:
         for name, array in arrays.items():
             reduce(name, array)

@@ -45,13 +45,13 @@ from irprune.emit.verify import session
 from irprune.ir import Graph, Node, Value
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.cost import CostModel
+from irprune.progress import Callback, track
 
 log = logging.getLogger(__name__)
 
 GRID_POINTS = 4  # candidate widths timed per axis (plus the full width)
 RUNS = 15
 WARMUP = 3
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def build_latency_model(
     threads: int = 1,
     probe: Callable[[np.ndarray], bytes] | None = None,
     cache: TimingCache | None = None,
-    progress: Progress | None = None,
+    callback: Callback | None = None,
 ) -> LatencyModel:
     """Time the heavy ops at candidate widths and fit the whole-model line (see the module
     doc); ``probe(widths)`` returns the graph pruned to ``widths`` (any channels) as ONNX."""
@@ -156,9 +156,7 @@ def build_latency_model(
     base_ms = _median_ms(session(original, threads=threads, optimize=True), feeds)
     heavy = [(n, s) for n in graph.nodes if (s := _op_shape(n)) is not None]
     tables: list[OpTable] = []
-    for i, (node, shape) in enumerate(heavy):
-        if progress is not None:
-            progress(i, len(heavy))
+    for node, shape in track(heavy, "latency table", callback=callback):
         table = _table(node, shape, analysis, cost, round_to, max_prune, threads, cache)
         if table is not None:
             tables.append(table)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from irprune import progress
 from irprune.emit import to_model
 from irprune.emit.verify import session
 from irprune.ir import Graph, Node, Value
@@ -83,8 +84,10 @@ def measure(
     *,
     samples: int = 32,
     fractions: tuple[float, ...] = FRACTIONS,
+    callback: progress.Callback | None = None,
 ) -> Curves:
-    """Error curves of every scored group. ``graph`` is consumed (masks are inserted into it)."""
+    """Error curves of every scored group. ``graph`` is consumed (masks are inserted into it).
+    Progress (one unit per group) goes to ``callback`` and any display the caller enabled."""
     masks = _insert_masks(graph, analysis)
     sess = session(to_model(graph), threads=2)
     feeds = next(iter(batches(calib, samples)))
@@ -100,7 +103,8 @@ def measure(
     reference = run({})
     norm = float(np.linalg.norm(reference)) or 1.0
     err: dict[int, np.ndarray] = {}
-    for gid, s in scores.by_group.items():
+    groups = scores.by_group.items()
+    for gid, s in progress.track(groups, "sensitivity", callback=callback):
         order = np.argsort(-np.asarray(s), kind="stable")
         curve = []
         for f in fractions:
