@@ -12,8 +12,12 @@ Shape arithmetic (``x.size()``, ``x.shape[:2]``, ``c // groups``) is lowered at 
 Gather, Div, Concat), so the lowered graph stays valid for any batch. Calls whose inputs are all
 constants (``self.weight[:, None, None]``) are evaluated once in torch and become constants.
 
-Anything without a lowering fails closed: :class:`~irprune.errors.UnsupportedModelError` names
-the module type, function or method. Nothing is guessed.
+Nothing is guessed. A torch leaf module without a lowering (``nn.PixelShuffle``, ...) is kept
+opaque: exported on its own by ``torch.onnx.export`` as an ONNX model-local function
+(:mod:`irprune.frontends.fx_opaque`), so the analysis freezes every channel that touches it
+(the reason names it) and the emitted model still runs. A function or method without a
+lowering, or a module the exporter cannot handle, fails closed with
+:class:`~irprune.errors.UnsupportedModelError` naming it.
 
 torch is imported lazily: importing this module does not import torch.
 """
@@ -30,6 +34,7 @@ import numpy as np
 import onnx
 
 from irprune.emit import to_model
+from irprune.emit.onnx import DEFAULT_IR_VERSION
 from irprune.errors import UnsupportedModelError, UsageError
 from irprune.frontends.onnx import import_model
 from irprune.ir import Graph, Node, Value
@@ -76,6 +81,8 @@ class Lowering:
     graph: Graph
     meta: dict[str, Any] = field(default_factory=dict)  # IR value name -> TensorMeta
     where: str = ""  # the fx node being lowered, for names and messages
+    examples: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # opaque calls' inputs
+    functions: list[onnx.FunctionProto] = field(default_factory=list)  # opaque modules
     _node_names: set[str] = field(default_factory=set)
 
     # --- building -------------------------------------------------------------------------------
@@ -101,7 +108,7 @@ class Lowering:
 
     def op(
         self, op_type: str, *inputs: Value | None, outputs: int = 1, names: Sequence[str] = (),
-        **attrs: Any,
+        domain: str = "", **attrs: Any,
     ) -> Any:  # fmt: skip
         """Add one ONNX node; returns its output value (a tuple when ``outputs`` > 1)."""
         ins = list(inputs)
@@ -118,7 +125,7 @@ class Lowering:
             node_name = f"{self.where}/{op_type}_{k}"
         self._node_names.add(node_name)
         clean = {k: v for k, v in attrs.items() if v is not None}
-        node = Node(op_type, name=node_name, attrs=clean, inputs=tuple(ins), outputs=tuple(outs))
+        node = Node(op_type, domain, node_name, attrs=clean, inputs=tuple(ins), outputs=tuple(outs))
         self.graph.add_node(node)
         return outs[0] if outputs == 1 else tuple(outs)
 
@@ -198,7 +205,7 @@ def lower(
     """Trace ``module`` and lower it to an IR graph (shapes known only at the boundary)."""
     import torch
 
-    from irprune.frontends import fx_ops
+    from irprune.frontends import fx_opaque, fx_ops
 
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"expected a torch.nn.Module, got {type(module).__name__}")
@@ -215,12 +222,17 @@ def lower(
             f"example_inputs has {len(inputs)}"
         )
     names = list(input_names or [n.name for n in placeholders])
-    metas = _example_metas(gm, inputs)
-    out_dims = _output_dims(gm, inputs)
+    table = fx_ops.table()
     ctx = Lowering(Graph(name=type(module).__name__))
     ctx.graph.opset_imports[""] = OPSET
+    opaque = {
+        n.name
+        for n in gm.graph.nodes
+        if n.op == "call_module" and type(gm.get_submodule(n.target)) not in table.modules
+    }
+    metas = _example_metas(gm, inputs, opaque, ctx.examples)
+    out_dims = _output_dims(gm, inputs)
     env: dict[str, Any] = {}
-    table = fx_ops.table()
     for node in gm.graph.nodes:
         ctx.where = str(node.target) if node.op == "call_module" else node.name
         if node.op == "placeholder":
@@ -235,6 +247,9 @@ def lower(
             )
             _record(ctx, result, metas[node.name])
             env[node.name] = result
+    if ctx.functions:
+        ctx.graph.opset_imports[fx_opaque.DOMAIN] = 1
+        ctx.graph.meta["template"] = fx_opaque.template(ctx.functions, DEFAULT_IR_VERSION)
     ctx.graph.verify()
     return ctx.graph
 
@@ -293,8 +308,11 @@ def _torch_dtype(dtype: Any) -> int:
     return table[dtype]
 
 
-def _example_metas(gm: Any, inputs: tuple[Any, ...]) -> dict[str, Any]:
-    """Every fx node's result on the example inputs, described (shapes, dtypes, python values)."""
+def _example_metas(
+    gm: Any, inputs: tuple[Any, ...], capture: set[str], captured: dict[str, tuple[Any, ...]]
+) -> dict[str, Any]:
+    """Every fx node's result on the example inputs, described (shapes, dtypes, python values);
+    the real inputs of the nodes in ``capture`` go to ``captured``."""
     import torch
     import torch.fx
 
@@ -302,6 +320,8 @@ def _example_metas(gm: Any, inputs: tuple[Any, ...]) -> dict[str, Any]:
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n: Any) -> Any:
+            if n.name in capture:
+                captured[n.name] = self.fetch_args_kwargs_from_env(n)[0]
             out = super().run_node(n)
             metas[n.name] = _describe(out)
             return out

@@ -1,8 +1,10 @@
 """The torch.fx lowering table: torch module types, functions and methods -> ONNX ops.
 
-One table (:func:`table`) with three keys spaces: module type -> lowering, function -> lowering,
-method name -> lowering. Each family is one small function below; the table is built explicitly
-(no registration by import side effects). A target that is not in the table fails closed with
+One table (:func:`table`) with three key spaces: module type -> lowering, function -> lowering,
+method name -> lowering. Each family is one small function here or in :mod:`fx_shapes`; the
+table is built explicitly (no registration by import side effects). A torch leaf module without
+a lowering is kept opaque (:mod:`fx_opaque`: an exported local function whose channels the
+analysis freezes); a function or method without one fails closed with
 :class:`~irprune.errors.UnsupportedModelError` naming it.
 
 Module lowerings take ``(ctx, module, args, kwargs)``; function and method lowerings take
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from irprune.frontends import fx_opaque
 from irprune.frontends import fx_shapes as shp
 from irprune.frontends.fx import FunctionLowering, Lowering, ModuleLowering, SymInt, SymShape
 from irprune.frontends.fx_shapes import arg_at, as_tensor, norm_axes, norm_axis, per_dim
@@ -38,7 +41,8 @@ class Table:
             module = gm.get_submodule(node.target)
             lowering = self.modules.get(type(module))
             if lowering is None:
-                raise ctx.fail(f"no lowering for module type {_qualname(type(module))}")
+                example = ctx.examples[node.name]
+                return fx_opaque.lower_opaque(ctx, module, args, kwargs, example)
             return lowering(ctx, module, args, kwargs)
         if _all_constant((args, kwargs)):
             return _evaluate(ctx, node, args, kwargs)
