@@ -166,6 +166,23 @@ def _leaky_relu(ctx: Lowering, m: Any, args: tuple, kwargs: dict) -> Value:
     return ctx.op("LeakyRelu", as_tensor(ctx, args[0]), alpha=float(m.negative_slope))
 
 
+def _leaky_relu_fn(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
+    slope = float(arg_at(args, kwargs, 1, "negative_slope", 0.01))
+    return ctx.op("LeakyRelu", as_tensor(ctx, args[0]), alpha=slope)
+
+
+def _clamp(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
+    x = as_tensor(ctx, args[0])
+    low, high = arg_at(args, kwargs, 1, "min", None), arg_at(args, kwargs, 2, "max", None)
+    bounds = [b if b is None or isinstance(b, Value) else ctx.scalar(b, x) for b in (low, high)]
+    return ctx.op("Clip", x, *bounds)
+
+
+def _matmul(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
+    a, b = (as_tensor(ctx, arg_at(args, kwargs, i, n)) for i, n in enumerate(("input", "other")))
+    return ctx.op("MatMul", a, b)
+
+
 def _softmax_fn(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
     x = as_tensor(ctx, args[0])
     dim = arg_at(args, kwargs, 1, "dim", None)
@@ -523,6 +540,9 @@ def table() -> Table:
         F.silu: _silu, F.gelu: _gelu_fn, F.hardswish: hardswish, F.hardsigmoid: hardsigmoid,
         torch.softmax: _softmax_fn, F.softmax: _softmax_fn,
         torch.sqrt: _unary("Sqrt"), torch.exp: _unary("Exp"), torch.pow: _pow,
+        torch.abs: _unary("Abs"), torch.neg: _unary("Neg"), operator.neg: _unary("Neg"),
+        torch.clamp: _clamp, torch.clip: _clamp, F.leaky_relu: _leaky_relu_fn,
+        torch.matmul: _matmul, operator.matmul: _matmul, torch.bmm: _matmul,
         F.dropout: _identity, F.linear: _linear_fn,
         torch.flatten: shp.flatten_fn, torch.reshape: shp.view,
         torch.cat: shp.cat, torch.concat: shp.cat,
@@ -536,7 +556,8 @@ def table() -> Table:
     methods: dict[str, FunctionLowering] = {
         "add": add, "add_": add, "sub": sub, "mul": mul, "mul_": mul, "div": div,
         "relu": relu, "relu_": relu, "sigmoid": sigmoid, "tanh": tanh, "sqrt": _unary("Sqrt"),
-        "pow": _pow, "softmax": _softmax_fn,
+        "pow": _pow, "softmax": _softmax_fn, "exp": _unary("Exp"), "abs": _unary("Abs"),
+        "neg": _unary("Neg"), "clamp": _clamp, "clip": _clamp, "matmul": _matmul,
         "view": shp.view, "reshape": shp.view, "flatten": shp.flatten_fn,
         "size": shp.size_of, "dim": shp.ndim,
         "chunk": shp.chunk, "split": shp.split, "transpose": shp.transpose, "permute": shp.permute,

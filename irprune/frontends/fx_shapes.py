@@ -176,6 +176,8 @@ def index_tensor(ctx: Lowering, x: Value, index: tuple) -> Value:
             if item != slice(None):
                 if not all(isinstance(v, int | None) for v in (item.start, item.stop, item.step)):
                     raise ctx.fail("slicing with run-time bounds has no lowering")
+                if (item.step or 1) < 1:
+                    raise ctx.fail("slicing with a negative step has no lowering")
                 starts.append(item.start or 0)
                 ends.append(_INT64_MAX if item.stop is None else item.stop)
                 steps.append(item.step or 1)
