@@ -83,6 +83,7 @@ class Lowering:
     where: str = ""  # the fx node being lowered, for names and messages
     examples: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # opaque calls' inputs
     functions: list[onnx.FunctionProto] = field(default_factory=list)  # opaque modules
+    env_output: Any = None  # what the traced forward returns, lowered
     _node_names: set[str] = field(default_factory=set)
 
     # --- building -------------------------------------------------------------------------------
@@ -211,17 +212,9 @@ def lower(
         raise UsageError(f"expected a torch.nn.Module, got {type(module).__name__}")
     inputs = _example_tuple(example_inputs)
     if module.training:
-        log.warning(
-            "%s is in training mode; lowering its eval-mode behaviour", type(module).__name__
-        )
+        log.warning("%s is in training mode; lowering its eval behaviour", type(module).__name__)
     gm = _trace(module)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != len(inputs):
-        raise UsageError(
-            f"{type(module).__name__}.forward takes {len(placeholders)} inputs, "
-            f"example_inputs has {len(inputs)}"
-        )
-    names = list(input_names or [n.name for n in placeholders])
+    names = _input_names(gm, module, inputs, input_names)
     table = fx_ops.table()
     ctx = Lowering(Graph(name=type(module).__name__))
     ctx.graph.opset_imports[""] = OPSET
@@ -231,7 +224,19 @@ def lower(
         if n.op == "call_module" and type(gm.get_submodule(n.target)) not in table.modules
     }
     metas = _example_metas(gm, inputs, opaque, ctx.examples)
-    out_dims = _output_dims(gm, inputs)
+    _lower_nodes(ctx, gm, table, metas, names)
+    _add_outputs(ctx, ctx.env_output, _output_dims(gm, inputs), output_names)
+    if ctx.functions:
+        ctx.graph.opset_imports[fx_opaque.DOMAIN] = 1
+        ctx.graph.meta["template"] = fx_opaque.template(ctx.functions, DEFAULT_IR_VERSION)
+    ctx.graph.verify()
+    return ctx.graph
+
+
+def _lower_nodes(
+    ctx: Lowering, gm: Any, table: Any, metas: dict[str, Any], names: list[str]
+) -> None:
+    """Every fx node in order; the value(s) the output node returns go to ``ctx.env_output``."""
     env: dict[str, Any] = {}
     for node in gm.graph.nodes:
         ctx.where = str(node.target) if node.op == "call_module" else node.name
@@ -240,18 +245,27 @@ def lower(
         elif node.op == "get_attr":
             env[node.name] = _get_attr(ctx, gm, str(node.target))
         elif node.op == "output":
-            _add_outputs(ctx, _resolve(node.args[0], env), out_dims, output_names)
+            ctx.env_output = _resolve(node.args[0], env)
         else:
-            result = table.lower(
-                ctx, gm, node, _resolve(node.args, env), _resolve(node.kwargs, env)
-            )
+            args, kwargs = _resolve(node.args, env), _resolve(node.kwargs, env)
+            result = table.lower(ctx, gm, node, args, kwargs)
             _record(ctx, result, metas[node.name])
             env[node.name] = result
-    if ctx.functions:
-        ctx.graph.opset_imports[fx_opaque.DOMAIN] = 1
-        ctx.graph.meta["template"] = fx_opaque.template(ctx.functions, DEFAULT_IR_VERSION)
-    ctx.graph.verify()
-    return ctx.graph
+
+
+def _input_names(
+    gm: Any, module: Any, inputs: tuple[Any, ...], given: Sequence[str] | None
+) -> list[str]:
+    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(inputs):
+        raise UsageError(
+            f"{type(module).__name__}.forward takes {len(placeholders)} inputs, "
+            f"example_inputs has {len(inputs)}"
+        )
+    names = list(given or placeholders)
+    if len(names) != len(inputs) or len(set(names)) != len(names):
+        raise UsageError(f"input_names {names} must be {len(inputs)} distinct names")
+    return names
 
 
 # --------------------------------------------------------------------------- driver helpers
