@@ -12,12 +12,12 @@ Shape arithmetic (``x.size()``, ``x.shape[:2]``, ``c // groups``) is lowered at 
 Gather, Div, Concat), so the lowered graph stays valid for any batch. Calls whose inputs are all
 constants (``self.weight[:, None, None]``) are evaluated once in torch and become constants.
 
-Nothing is guessed. A torch leaf module without a lowering (``nn.PixelShuffle``, ...) is kept
-opaque: exported on its own by ``torch.onnx.export`` as an ONNX model-local function
-(:mod:`irprune.frontends.fx_opaque`), so the analysis freezes every channel that touches it
-(the reason names it) and the emitted model still runs. A function or method without a
-lowering, or a module the exporter cannot handle, fails closed with
-:class:`~irprune.errors.UnsupportedModelError` naming it.
+Nothing is guessed. A torch leaf module, function or method without a lowering
+(``nn.PixelShuffle``, ``torch.cumsum``, ...) is kept opaque: exported on its own by
+``torch.onnx.export`` as an ONNX model-local function (:mod:`irprune.frontends.fx_opaque`), so
+the analysis freezes every channel that touches it (the reason names it) and the emitted model
+still runs. What cannot be kept opaque (the exporter fails, run-time shape arguments) fails
+closed with :class:`~irprune.errors.UnsupportedModelError` naming it.
 
 torch is imported lazily: importing this module does not import torch.
 """
@@ -218,11 +218,7 @@ def lower(
     table = fx_ops.table()
     ctx = Lowering(Graph(name=type(module).__name__))
     ctx.graph.opset_imports[""] = OPSET
-    opaque = {
-        n.name
-        for n in gm.graph.nodes
-        if n.op == "call_module" and type(gm.get_submodule(n.target)) not in table.modules
-    }
+    opaque = {n.name for n in gm.graph.nodes if table.is_opaque(gm, n)}
     metas = _example_metas(gm, inputs, opaque, ctx.examples)
     _lower_nodes(ctx, gm, table, metas, names)
     _add_outputs(ctx, ctx.env_output, _output_dims(gm, inputs), output_names)

@@ -2,9 +2,9 @@
 
 One table (:func:`table`) with three key spaces: module type -> lowering, function -> lowering,
 method name -> lowering. Each family is one small function here or in :mod:`fx_shapes`; the
-table is built explicitly (no registration by import side effects). A torch leaf module without
-a lowering is kept opaque (:mod:`fx_opaque`: an exported local function whose channels the
-analysis freezes); a function or method without one fails closed with
+table is built explicitly (no registration by import side effects). A call without a lowering
+is kept opaque (:mod:`fx_opaque`: an exported local function whose channels the analysis
+freezes) or, where that is impossible, fails closed with
 :class:`~irprune.errors.UnsupportedModelError` naming it.
 
 Module lowerings take ``(ctx, module, args, kwargs)``; function and method lowerings take
@@ -42,21 +42,30 @@ class Table:
             lowering = self.modules.get(type(module))
             if lowering is None:
                 example = ctx.examples[node.name]
-                return fx_opaque.lower_opaque(ctx, module, args, kwargs, example)
+                return fx_opaque.opaque_module(ctx, module, args, kwargs, example)
             return lowering(ctx, module, args, kwargs)
         if _all_constant((args, kwargs)):
             return _evaluate(ctx, node, args, kwargs)
         if node.op == "call_function":
             fn = self.functions.get(node.target)
-            if fn is None:
-                raise ctx.fail(f"no lowering for function {_qualname(node.target)}")
-            return fn(ctx, args, kwargs)
-        if node.op == "call_method":
+        elif node.op == "call_method":
             fn = self.methods.get(node.target)
-            if fn is None:
-                raise ctx.fail(f"no lowering for tensor method .{node.target}()")
-            return fn(ctx, args, kwargs)
-        raise ctx.fail(f"unexpected fx node kind {node.op!r}")
+        else:
+            raise ctx.fail(f"unexpected fx node kind {node.op!r}")
+        if fn is None:
+            what = f"function {_qualname(node.target)}" if node.op == "call_function" else (
+                f"tensor method .{node.target}()"
+            )  # fmt: skip
+            return fx_opaque.opaque_call(ctx, node, what, args, kwargs, ctx.examples[node.name])
+        return fn(ctx, args, kwargs)
+
+    def is_opaque(self, gm: Any, node: Any) -> bool:
+        """A call without a lowering (kept opaque if it can be, or refused)."""
+        if node.op == "call_module":
+            return type(gm.get_submodule(node.target)) not in self.modules
+        if node.op == "call_function":
+            return node.target not in self.functions
+        return node.op == "call_method" and node.target not in self.methods
 
 
 def _qualname(obj: Any) -> str:

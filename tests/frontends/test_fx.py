@@ -220,13 +220,37 @@ def test_unknown_leaf_module_is_opaque_frozen_and_runs() -> None:
     assert (32, 32) in kept and any(k < s for s, k in kept)
 
 
-def test_unknown_function_fails_closed_naming_it() -> None:
-    class Cumulative(torch.nn.Module):
-        def forward(self, x: Any) -> Any:
-            return torch.cumsum(x, 1)
+class _Cumulative(torch.nn.Module):
+    """conv -> torch.cumsum over channels (no lowering: kept opaque) -> conv."""
 
-    with pytest.raises(UnsupportedModelError, match="cumsum"):
-        to_onnx(Cumulative(), torch.randn(1, 4))
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 16, 1), torch.nn.Conv2d(16, 8, 1)
+
+    def forward(self, x: Any) -> Any:
+        return self.b(torch.cumsum(self.a(x), 1).roll(1, 2))
+
+
+def test_unknown_function_and_method_are_opaque_and_run() -> None:
+    torch.manual_seed(0)
+    module = _Cumulative().eval()
+    example = torch.randn(1, 3, 4, 4)
+    model = to_onnx(module, example)
+    assert [n.op_type for n in model.graph.node if n.domain == DOMAIN] == ["cumsum", "roll"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    got = session(model).run(None, {"x": x})
+    assert _rel(_torch_outputs(module, {"x": x}, ["x"]), got) <= TOLERANCE
+    (group,) = [g for g in analyze(import_module(module, example)).groups if g.size == 16]
+    assert any("cumsum" in reason for reason in group.frozen)
+
+
+def test_call_with_run_time_shape_arguments_fails_closed_naming_it() -> None:
+    class Rolled(torch.nn.Module):
+        def forward(self, x: Any) -> Any:
+            return torch.roll(x, x.size(1) // 2, 1)
+
+    with pytest.raises(UnsupportedModelError, match="roll"):
+        to_onnx(Rolled(), torch.randn(1, 4))
 
 
 def test_untraceable_module_names_the_fx_error() -> None:
