@@ -221,7 +221,9 @@ def lower(
     opaque = {n.name for n in gm.graph.nodes if table.is_opaque(gm, n)}
     metas = _example_metas(gm, inputs, opaque, ctx.examples)
     _lower_nodes(ctx, gm, table, metas, names)
-    _add_outputs(ctx, ctx.env_output, _output_dims(gm, inputs), output_names)
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    dims = _output_dims(gm, inputs, metas[output.name])
+    _add_outputs(ctx, ctx.env_output, dims, output_names)
     if ctx.functions:
         ctx.graph.opset_imports[fx_opaque.DOMAIN] = 1
         ctx.graph.meta["template"] = fx_opaque.template(ctx.functions, DEFAULT_IR_VERSION)
@@ -299,6 +301,8 @@ def _describe(value: Any) -> Any:
         return tuple(int(d) for d in value)
     if isinstance(value, tuple | list):
         return tuple(_describe(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _describe(v) for k, v in value.items()}
     return value
 
 
@@ -349,18 +353,18 @@ def _flat_outputs(result: Any) -> list[Any]:
     return [result]
 
 
-def _output_dims(gm: Any, inputs: tuple[Any, ...]) -> list[tuple[int | str, ...]]:
-    """Output shapes with the dims that follow the batch made symbolic (run at two batches)."""
+def _output_dims(gm: Any, inputs: tuple[Any, ...], described: Any) -> list[tuple[int | str, ...]]:
+    """Output shapes with the dims that follow the batch made symbolic: ``described`` are the
+    outputs at the example batch; the module runs once more at that batch + 1."""
     import torch
 
     grown = tuple(torch.cat([x, x[:1]]) for x in inputs)
     batch = inputs[0].shape[0]
     with torch.no_grad():
-        first = _flat_outputs(gm(*inputs))
         second = _flat_outputs(gm(*grown))
     dims: list[tuple[int | str, ...]] = []
-    for k, (a, b) in enumerate(zip(first, second, strict=True)):
-        if not isinstance(a, torch.Tensor):
+    for k, (a, b) in enumerate(zip(_flat_outputs(described), second, strict=True)):
+        if not isinstance(a, TensorMeta) or not isinstance(b, torch.Tensor):
             raise UnsupportedModelError("torch.fx frontend: every model output must be a tensor")
         shape: list[int | str] = []
         for i, (da, db) in enumerate(zip(a.shape, b.shape, strict=True)):
