@@ -44,5 +44,5 @@ class IRError(IrpruneError):
 
 
 class UnsupportedModelError(InvalidModelError):
-    """A model the frontend cannot lower (a torch module, function or method without a lowering,
-    or code torch.fx cannot trace); the message names it."""
+    """A model the fx frontend cannot lower (a torch module, function or method it can neither
+    lower nor keep opaque, or code torch.fx cannot trace); the message names it."""

@@ -105,6 +105,8 @@ class Lowering:
     def scalar(self, number: float | int, like: Value) -> Value:
         """A 0-d constant with the element type of ``like`` (float32 when unknown)."""
         dtype = _NP_OF.get(self.dtype(like), np.float32)
+        if not np.issubdtype(dtype, np.floating) and number != int(number):
+            raise self.fail(f"{number!r} with an integer tensor (torch would promote it)")
         return self.const(np.asarray(number, dtype=dtype), f"{self.where}_scalar")
 
     def op(

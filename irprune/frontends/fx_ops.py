@@ -17,17 +17,19 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 
 from irprune.frontends import fx_opaque
 from irprune.frontends import fx_shapes as shp
 from irprune.frontends.fx import FunctionLowering, Lowering, ModuleLowering, SymInt, SymShape
 from irprune.frontends.fx_shapes import arg_at, as_tensor, norm_axes, norm_axis, per_dim
 from irprune.ir import Value
+
+_INTEGER = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL}
 
 
 @dataclass(frozen=True)
@@ -214,8 +216,10 @@ def _pow(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
 # --------------------------------------------------------------------------- arithmetic
 
 
-def _binary(op_type: str, int_op: Callable[[int, int], int] | None) -> FunctionLowering:
-    """Tensor arithmetic (Add/Sub/Mul/Div with broadcasting), or run-time int arithmetic."""
+def _binary(op_type: str) -> FunctionLowering:
+    """Tensor arithmetic (Add/Sub/Mul/Div with broadcasting), or run-time int arithmetic.
+    Mixed element types (torch promotes, ONNX does not), integer true division and tensor floor
+    division are refused."""
 
     def lower(ctx: Lowering, args: tuple, kwargs: dict) -> Any:
         a, b = arg_at(args, kwargs, 0, "input"), arg_at(args, kwargs, 1, "other")
@@ -229,6 +233,10 @@ def _binary(op_type: str, int_op: Callable[[int, int], int] | None) -> FunctionL
             a = ctx.scalar(a, b)
         if not isinstance(b, Value):
             b = ctx.scalar(b, a)
+        if ctx.dtype(a) != ctx.dtype(b):
+            raise ctx.fail(f"{op_type} of tensors with different element types")
+        if op_type == "FloorDiv" or (op_type == "Div" and ctx.dtype(a) in _INTEGER):
+            raise ctx.fail(f"{op_type} of integer tensors has no lowering")
         return ctx.op(op_type, a, b)
 
     return lower
@@ -509,8 +517,7 @@ def table() -> Table:
 
     relu, sigmoid, tanh = _unary("Relu"), _unary("Sigmoid"), _unary("Tanh")
     hardswish, hardsigmoid = _unary("HardSwish"), _unary("HardSigmoid", alpha=1 / 6, beta=0.5)
-    add, sub = _binary("Add", operator.add), _binary("Sub", operator.sub)
-    mul, div = _binary("Mul", operator.mul), _binary("Div", None)
+    add, sub, mul, div = _binary("Add"), _binary("Sub"), _binary("Mul"), _binary("Div")
     mean, total = _reduce("ReduceMean"), _reduce("ReduceSum")
     reflect, constant = shp.pad_module("reflect"), shp.pad_module("constant")
     modules: dict[type, ModuleLowering] = {
@@ -542,7 +549,7 @@ def table() -> Table:
         operator.add: add, operator.iadd: add, torch.add: add,
         operator.sub: sub, operator.isub: sub, torch.sub: sub,
         operator.mul: mul, operator.imul: mul, torch.mul: mul,
-        operator.truediv: div, torch.div: div, operator.floordiv: _binary("FloorDiv", None),
+        operator.truediv: div, torch.div: div, operator.floordiv: _binary("FloorDiv"),
         operator.getitem: shp.getitem, getattr: shp.get_attribute,
         torch.relu: relu, F.relu: relu, torch.sigmoid: sigmoid, F.sigmoid: sigmoid,
         torch.tanh: tanh, F.tanh: tanh, F.relu6: _relu6, F.hardtanh: _hardtanh_fn,

@@ -297,3 +297,20 @@ def test_functions_and_methods_match_torch() -> None:
     x = np.random.default_rng(1).standard_normal((4, 5, 6)).astype(np.float32)
     got = session(model).run(None, {"x": x})
     assert _rel(_torch_outputs(module, {"x": x}, ["x"]), got) <= TOLERANCE
+
+
+def test_integer_arithmetic_is_exact_or_refused() -> None:
+    class Ids(torch.nn.Module):
+        def forward(self, ids: Any) -> Any:
+            return ids * 3 + 1
+
+    model = to_onnx(Ids(), torch.ones(1, 4, dtype=torch.int64))
+    ids = np.arange(8, dtype=np.int64).reshape(2, 4)
+    np.testing.assert_array_equal(session(model).run(None, {"ids": ids})[0], ids * 3 + 1)
+
+    class Halved(torch.nn.Module):
+        def forward(self, ids: Any) -> Any:
+            return ids / 2  # torch promotes to float; ONNX Div would truncate
+
+    with pytest.raises(UnsupportedModelError, match="integer"):
+        to_onnx(Halved(), torch.ones(1, 4, dtype=torch.int64))
