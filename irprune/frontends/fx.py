@@ -298,7 +298,7 @@ def _describe(value: Any) -> Any:
     import torch
 
     if isinstance(value, torch.Tensor):
-        return TensorMeta(tuple(int(d) for d in value.shape), _torch_dtype(value.dtype))
+        return TensorMeta(tuple(int(d) for d in value.shape), torch_dtype(value.dtype))
     if isinstance(value, torch.Size):
         return tuple(int(d) for d in value)
     if isinstance(value, tuple | list):
@@ -308,7 +308,7 @@ def _describe(value: Any) -> Any:
     return value
 
 
-def _torch_dtype(dtype: Any) -> int:
+def torch_dtype(dtype: Any) -> int:
     import torch
 
     table = {

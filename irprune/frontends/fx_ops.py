@@ -25,7 +25,14 @@ import onnx
 
 from irprune.frontends import fx_opaque
 from irprune.frontends import fx_shapes as shp
-from irprune.frontends.fx import FunctionLowering, Lowering, ModuleLowering, SymInt, SymShape
+from irprune.frontends.fx import (
+    FunctionLowering,
+    Lowering,
+    ModuleLowering,
+    SymInt,
+    SymShape,
+    torch_dtype,
+)
 from irprune.frontends.fx_shapes import arg_at, as_tensor, norm_axes, norm_axis, per_dim
 from irprune.ir import Value
 
@@ -211,6 +218,29 @@ def _pow(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
     if not isinstance(exponent, Value):
         exponent = ctx.scalar(float(exponent), x)
     return ctx.op("Pow", x, exponent)
+
+
+def _cast(ctx: Lowering, x: Value, target: int) -> Value:
+    return x if ctx.dtype(x) == target else ctx.op("Cast", x, to=target)
+
+
+def _to(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
+    """``.to(dtype)`` is a Cast; device moves and copies are the identity."""
+    import torch
+
+    x = as_tensor(ctx, args[0])
+    dtypes = [a for a in (*args[1:], kwargs.get("dtype")) if isinstance(a, torch.dtype)]
+    if any(isinstance(a, Value) for a in args[1:]):
+        raise ctx.fail(".to(tensor) has no lowering (use .type_as)")
+    return _cast(ctx, x, torch_dtype(dtypes[0])) if dtypes else x
+
+
+def _float(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
+    return _cast(ctx, as_tensor(ctx, args[0]), onnx.TensorProto.FLOAT)
+
+
+def _type_as(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
+    return _cast(ctx, as_tensor(ctx, args[0]), ctx.dtype(as_tensor(ctx, args[1])))
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -561,7 +591,8 @@ def table() -> Table:
         torch.matmul: _matmul, operator.matmul: _matmul, torch.bmm: _matmul,
         F.dropout: _identity, F.linear: _linear_fn,
         torch.flatten: shp.flatten_fn, torch.reshape: shp.view,
-        torch.cat: shp.cat, torch.concat: shp.cat,
+        torch.cat: shp.cat, torch.concat: shp.cat, torch.stack: shp.stack,
+        torch.clone: _identity,
         torch.chunk: shp.chunk, torch.split: shp.split, torch.transpose: shp.transpose,
         torch.permute: shp.permute, torch.unsqueeze: shp.unsqueeze, torch.squeeze: shp.squeeze,
         torch.mean: mean, torch.sum: total,
@@ -578,6 +609,7 @@ def table() -> Table:
         "size": shp.size_of, "dim": shp.ndim,
         "chunk": shp.chunk, "split": shp.split, "transpose": shp.transpose, "permute": shp.permute,
         "unsqueeze": shp.unsqueeze, "squeeze": shp.squeeze, "mean": mean, "sum": total,
-        "contiguous": _identity,
+        "contiguous": _identity, "clone": _identity, "detach": _identity,
+        "float": _float, "to": _to, "type_as": _type_as, "expand_as": shp.expand_as,
     }  # fmt: skip
     return Table(modules, functions, methods)

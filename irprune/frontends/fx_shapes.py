@@ -203,6 +203,19 @@ def cat(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
     return ctx.op("Concat", *tensors, axis=norm_axis(ctx, tensors[0], dim))
 
 
+def stack(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
+    tensors = [as_tensor(ctx, t) for t in arg_at(args, kwargs, 0, "tensors")]
+    dim = arg_at(args, kwargs, 1, "dim", 0)
+    axis = dim + ctx.rank(tensors[0]) + 1 if dim < 0 else dim
+    parts = [ctx.op("Unsqueeze", t, ctx.ints([axis])) for t in tensors]
+    return ctx.op("Concat", *parts, axis=axis)
+
+
+def expand_as(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
+    x, other = as_tensor(ctx, args[0]), as_tensor(ctx, arg_at(args, kwargs, 1, "other"))
+    return ctx.op("Expand", x, ctx.op("Shape", other))
+
+
 def split_op(ctx: Lowering, x: Value, sizes: list[int], dim: int) -> tuple[Value, ...]:
     outs = ctx.op("Split", x, ctx.ints(sizes), outputs=len(sizes), axis=norm_axis(ctx, x, dim))
     return outs if isinstance(outs, tuple) else (outs,)

@@ -277,7 +277,8 @@ def test_importing_irprune_does_not_import_torch() -> None:
 
 
 class _Functional(torch.nn.Module):
-    """Functions and methods outside the zoo: matmul, clamp, neg, abs, exp, leaky_relu, slices."""
+    """Functions and methods outside the zoo: matmul, clamp, neg, abs, exp, leaky_relu, slices,
+    casts, stack, expand_as."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -286,14 +287,20 @@ class _Functional(torch.nn.Module):
     def forward(self, x: Any) -> Any:
         y = torch.matmul(self.proj(x), x.transpose(1, 2))  # (b, 5, 5)
         y = torch.clamp(-y, min=-1.0).abs() + torch.nn.functional.leaky_relu(y, 0.2)
-        z = x[:, 1:4:2, ..., None].exp().squeeze(-1).flatten(1)
-        return torch.cat([y.flatten(1), z], 1).mean(dim=1, keepdim=True)
+        z = x[:, 1:4:2, ..., None].exp().squeeze(-1).flatten(1).to(torch.float64).float()
+        w = torch.stack([z, z.clone().detach()], 1).flatten(1).type_as(x)
+        s = w.mean(dim=1, keepdim=True).expand_as(w)
+        return torch.cat([y.flatten(1), w + s], 1).mean(dim=1, keepdim=True)
 
 
 def test_functions_and_methods_match_torch() -> None:
     torch.manual_seed(0)
     module = _Functional().eval()
     model = to_onnx(module, torch.randn(1, 5, 6))
+    assert not model.functions  # everything lowered, nothing kept opaque
+    assert {"Cast", "Expand", "MatMul", "Clip", "LeakyRelu"} <= {
+        n.op_type for n in model.graph.node
+    }
     x = np.random.default_rng(1).standard_normal((4, 5, 6)).astype(np.float32)
     got = session(model).run(None, {"x": x})
     assert _rel(_torch_outputs(module, {"x": x}, ["x"]), got) <= TOLERANCE
