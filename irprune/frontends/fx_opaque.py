@@ -14,6 +14,7 @@ are not plain tensors and python values, fails closed.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -87,7 +88,9 @@ def _opaque(
 
 
 def _function_name(ctx: Lowering, base: str) -> str:
+    """A unique identifier-like name (``<lambda>`` -> ``_lambda_``)."""
     taken = {f.name for f in ctx.functions}
+    base = re.sub(r"\W", "_", base) or "call"
     name, k = base, 0
     while name in taken:
         k += 1
