@@ -21,6 +21,7 @@ from irprune import report as rep
 from irprune.emit import atomic_write, to_model, verify
 from irprune.emit.verify import random_inputs, session
 from irprune.errors import CalibrationError, InvalidModelError, TargetError, UsageError
+from irprune.frontends import fx
 from irprune.frontends.onnx import import_model, load_model
 from irprune.ir import Graph
 from irprune.passes.allocation import STRATEGIES, Plan, Target, allocate
@@ -143,8 +144,9 @@ def _resolve_ignore(
 
 
 def prune(
-    model: str | Path | onnx.ModelProto,
+    model: Any,
     *,
+    example_inputs: Any = None,
     target_flops: float | None = None,
     target_params: float | None = None,
     target_latency: float | None = None,
@@ -161,6 +163,10 @@ def prune(
     latency_threads: int = 1,
 ) -> Result:
     """Prune ``model`` to the target and return the verified result (nothing is written).
+
+    ``model`` is a path, an ``onnx.ModelProto`` or a ``torch.nn.Module``; a module needs
+    ``example_inputs`` (a tensor or tuple of tensors, batch on axis 0) and is lowered by the
+    torch.fx frontend (the result's ``.model`` is ONNX).
 
     ``rewrite`` None picks the default measured best on real data (benchmarks/quality.py, see
     the README): ``reconstruct`` with calibration data, ``compensate`` (from BN statistics)
@@ -181,7 +187,7 @@ def prune(
         raise UsageError("round_to must be >= 1 and max_prune in (0, 1]")
     timer = _Timer()
     t = time.perf_counter()
-    original = load_model(model)
+    original = _load(model, example_inputs)
     graph = _import(original)
     t = timer.lap("load", t)
     analysis = analyze(graph)
@@ -351,6 +357,17 @@ def _meet_latency(
             target.fraction, len(rounds), ratio,
         )  # fmt: skip
     return best
+
+
+def _load(model: Any, example_inputs: Any) -> onnx.ModelProto:
+    """The ONNX model to prune: read from a file, passed in, or lowered from a torch module."""
+    if fx.is_torch_module(model):
+        if example_inputs is None:
+            raise UsageError("a torch.nn.Module needs example_inputs= (a tensor or tensor tuple)")
+        return fx.to_onnx(model, example_inputs)
+    if example_inputs is not None:
+        raise UsageError("example_inputs= is only used with a torch.nn.Module model")
+    return load_model(model)
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -41,3 +41,8 @@ class IRError(IrpruneError):
     """An IR invariant was violated (a bug in a pass, never the user's fault)."""
 
     exit_code = 70
+
+
+class UnsupportedModelError(InvalidModelError):
+    """A model the fx frontend cannot lower (a torch module, function or method it can neither
+    lower nor keep opaque, or code torch.fx cannot trace); the message names it."""

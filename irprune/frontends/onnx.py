@@ -45,8 +45,8 @@ def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
         return source
     if not isinstance(source, str | Path):
         raise UsageError(
-            f"cannot prune a {type(source).__name__}: give an ONNX file path or onnx.ModelProto"
-            " (torch modules need the torch.fx frontend, not available in this version)"
+            f"cannot prune a {type(source).__name__}: give an ONNX file path, an onnx.ModelProto"
+            " or a torch.nn.Module with example_inputs="
         )
     path = Path(source)
     if not path.is_file():
