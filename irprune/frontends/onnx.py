@@ -199,6 +199,7 @@ class _Importer:
         self.model = model
         self.types = types
         self.graph = Graph(name=model.graph.name)
+        self.output_names = {o.name for o in model.graph.output}
 
     def run(self) -> Graph:
         g, mg = self.graph, self.model.graph
@@ -240,7 +241,7 @@ class _Importer:
 
     def _add_node(self, proto: onnx.NodeProto) -> None:
         is_constant = proto.op_type == "Constant" and proto.domain in ("", "ai.onnx")
-        if is_constant and proto.output[0] not in {o.name for o in self.model.graph.output}:
+        if is_constant and proto.output[0] not in self.output_names:
             array = _constant_value(proto)
             self._add_const(proto.output[0], array, _np_to_onnx(array.dtype))
             return
