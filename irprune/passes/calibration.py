@@ -66,7 +66,8 @@ def iterate_exposed(
     """Per calibration batch, the requested values by name (one batch in memory at a time)."""
     names = list(dict.fromkeys(names))
     sess = session(exposed(graph, names), threads=threads)
-    wanted = [n for n in names if n in {o.name for o in sess.get_outputs()}]
+    outputs = {o.name for o in sess.get_outputs()}
+    wanted = [n for n in names if n in outputs]
     if not wanted:  # onnxruntime would return every output for an empty list
         for _ in batches(feeds, batch):
             yield {}
