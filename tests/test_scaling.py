@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -19,6 +20,7 @@ import onnx
 import pytest
 
 import irprune
+from irprune.emit.verify import random_inputs, session
 from irprune.frontends.onnx import import_model
 from irprune.passes.allocation import Target, allocate
 from irprune.passes.analysis.channels import analyze
@@ -63,6 +65,9 @@ def stage_calls(model: onnx.ModelProto) -> dict[str, int]:
     analysis, counts["analysis"] = count_steps(analyze, graph)
     cost, counts["cost"] = count_steps(build_cost_model, graph, analysis)
     scores, counts["importance"] = count_steps(score, graph, analysis, "l1")
+    feeds = random_inputs(session(model), batch=2, seed=0)
+    apoz = partial(score, calib=feeds)
+    _, counts["importance_apoz"] = count_steps(apoz, graph, analysis, "apoz")
     target = Target("macs", 0.5)
     plan, counts["allocation"] = count_steps(allocate, analysis, cost, scores, target)
     _, counts["rewrite"] = count_steps(drop, graph, analysis, plan)
