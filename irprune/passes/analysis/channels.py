@@ -87,6 +87,7 @@ class Context:
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
         self.opset = graph.opset_imports.get("", 0)
+        self.input_ids = {id(v) for v in graph.inputs}  # analysis never changes the graph
         self.layouts: dict[int, dict[int, Layout]] = {}
         self.parent: list[int] = []
         self.sizes: list[int] = []
@@ -303,7 +304,7 @@ class Context:
             else:
                 self._store(id(value), axis, fresh)
         else:
-            why = "a graph input" if value in self.graph.inputs else "fixed channels"
+            why = "a graph input" if id(value) in self.input_ids else "fixed channels"
             self.freeze(layout, f"{self.label(node)}: coupled with {value.name!r} ({why})")
 
     def source(self, node: Node, w_index: int, w_axis: int, out: Value, out_axis: int) -> Layout:
