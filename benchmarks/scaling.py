@@ -7,6 +7,8 @@ weights are small and the graph structure dominates:
   shortcut every 16 blocks, GlobalAveragePool-Flatten-Gemm head;
 * ``splitcat``: ShuffleNet-like blocks (Split in two, Conv-BN-Relu on one half, Concat, 1x1
   Conv-BN-Relu), so every block cuts and re-joins channel groups;
+* ``resnet_old`` (not run by default): ``resnet`` with every weight also listed as a graph
+  input, as old exporters write them;
 * ``transformer``: pre-LN transformer blocks (LayerNorm, Q/K/V MatMuls whose weights are read
   through a Transpose that constant folding removes, Reshape into heads, Transpose, attention
   MatMuls, Softmax, output projection, residual Add, MLP).
@@ -172,11 +174,25 @@ def transformer(blocks: int, dim: int = 16, heads: int = 4, tokens: int = 4) -> 
     return b.model(x, logits, ["N", tokens, 10])
 
 
-NODES_PER_BLOCK = {"resnet": 7.2, "splitcat": 8, "transformer": 26}
-BUILDERS = {"resnet": resnet, "splitcat": splitcat, "transformer": transformer}
+def weights_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every initializer also listed as a graph input, as old exporters (IR < 4) write them."""
+    for init in model.graph.initializer:
+        vi = helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+        model.graph.input.append(vi)
+    return model
+
+
+NODES_PER_BLOCK = {"resnet": 7.2, "splitcat": 8, "transformer": 26, "resnet_old": 7.2}
+BUILDERS = {
+    "resnet": resnet,
+    "splitcat": splitcat,
+    "transformer": transformer,
+    "resnet_old": lambda blocks: weights_as_inputs(resnet(blocks)),
+}
 
 
 def build(kind: str, nodes: int) -> onnx.ModelProto:
+    """A ``kind`` graph of about ``nodes`` nodes (``resnet_old``: resnet, weights as inputs)."""
     return BUILDERS[kind](max(1, round(nodes / NODES_PER_BLOCK[kind])))
 
 
@@ -267,7 +283,7 @@ def zoo_rows() -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--kinds", nargs="+", choices=list(BUILDERS), default=list(KINDS))
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     parser.add_argument("--zoo", action="store_true", help="also the five reference models")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/scaling.json")

@@ -74,7 +74,7 @@ def stage_calls(model: onnx.ModelProto) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("kind", scaling.KINDS)
+@pytest.mark.parametrize("kind", [*scaling.KINDS, "resnet_old"])
 def test_every_stage_takes_linearly_many_steps(kind: str) -> None:
     small, large = (scaling.build(kind, n) for n in SIZES)
     ratio_nodes = len(large.graph.node) / len(small.graph.node)
