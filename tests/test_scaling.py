@@ -20,6 +20,7 @@ import onnx
 import pytest
 
 import irprune
+from irprune.emit import to_model
 from irprune.emit.verify import random_inputs, session
 from irprune.frontends.onnx import import_model
 from irprune.passes.allocation import Target, allocate
@@ -58,7 +59,7 @@ def count_steps(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
 
 
 def stage_calls(model: onnx.ModelProto) -> dict[str, int]:
-    """Steps per stage of the pipeline (import to drop) on one model."""
+    """Steps per stage of the pipeline (import to emit) on one model."""
     counts: dict[str, int] = {}
     graph, counts["import"] = count_steps(import_model, model)
     _, counts["fold"] = count_steps(fold_constants, graph)
@@ -71,6 +72,8 @@ def stage_calls(model: onnx.ModelProto) -> dict[str, int]:
     target = Target("macs", 0.5)
     plan, counts["allocation"] = count_steps(allocate, analysis, cost, scores, target)
     _, counts["rewrite"] = count_steps(drop, graph, analysis, plan)
+    _, counts["verify_ir"] = count_steps(graph.verify)
+    _, counts["emit"] = count_steps(to_model, graph)
     return counts
 
 
