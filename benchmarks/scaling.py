@@ -22,10 +22,12 @@ builds the model, times the stages separately and reports its peak RSS (``ru_max
 * ``importance``, ``allocation``, ``reference``, ``rewrite``, ``emit``, ``verify`` -- the report's
   ``timings_s`` of ``irprune.prune(model, target_flops=0.5, round_to=1, measure_latency=False)``
   (``reference`` and ``verify`` are onnxruntime / onnx.checker time, not irprune's);
-* ``total`` -- the wall time of that ``prune`` call.
+* ``total`` -- the wall time of that ``prune`` call;
+* ``cpu_s`` -- the same stages run again by the same calls (``staged_cpu``), timed in CPU seconds
+  of this process, which other processes on a shared machine disturb far less than wall time.
 
 It prints, per kind, the seconds per 1k nodes of each stage at every size and the fitted
-exponent (slope of log time against log nodes; 1.0 is linear), and writes
+exponent (slope of log time against log nodes; 1.0 is linear), CPU then wall, and writes
 ``benchmarks/results/scaling.json``. ``--zoo`` adds the five reference models (test size,
 explicit BN) for comparison.
 
@@ -202,6 +204,57 @@ def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
+def staged_cpu(model: onnx.ModelProto) -> dict[str, float]:
+    """CPU seconds (``time.process_time``, all threads of this process) of each stage, by the
+    same calls ``irprune.prune`` makes in the same order (defaults: l1, global, compensate from
+    BN statistics, random feeds). CPU time is what other processes on a shared machine disturb
+    least; wall time is in ``times_s``."""
+    from irprune import api
+    from irprune.emit import to_model, verify
+    from irprune.frontends.onnx import import_model
+    from irprune.passes.allocation import Target, allocate
+    from irprune.passes.analysis.channels import analyze
+    from irprune.passes.analysis.cost import build_cost_model
+    from irprune.passes.fold import fold_constants
+    from irprune.passes.importance import score
+
+    cpu: dict[str, float] = {}
+    clock = time.process_time
+
+    def lap(stage: str, since: float) -> float:
+        now = clock()
+        cpu[stage] = now - since
+        return now
+
+    t0 = t = clock()
+    graph = import_model(model)
+    t = lap("import", t)
+    fold_constants(graph)
+    t = lap("fold", t)
+    analysis = analyze(graph)
+    t = lap("analysis", t)
+    cost = build_cost_model(graph, analysis)
+    t = lap("cost", t)
+    scores = score(graph, analysis, "l1")
+    t = lap("importance", t)
+    plan = allocate(analysis, cost, scores, Target("macs", 0.5), round_to=1)
+    t = lap("allocation", t)
+    reference = api._original_session(model.SerializeToString())
+    feeds = api._feeds(reference, None, 0)
+    reference.run(None, feeds)
+    del reference
+    t = lap("reference", t)
+    api._rewrite(graph, model, analysis, plan, "compensate", None, 0)
+    graph.verify()
+    t = lap("rewrite", t)
+    data = to_model(graph).SerializeToString()
+    t = lap("emit", t)
+    verify(data, feeds)
+    lap("verify", t)
+    cpu["total"] = clock() - t0
+    return cpu
+
+
 def measure(model: onnx.ModelProto) -> dict[str, Any]:
     """Stage times of one model in this process (see the module docstring)."""
     from irprune.api import prune
@@ -226,6 +279,7 @@ def measure(model: onnx.ModelProto) -> dict[str, Any]:
         "prunable": len(analysis.prunable),
         "mac_ratio": result.report["cost"]["ratio"]["macs"],
         "times_s": times,
+        "cpu_s": staged_cpu(model),
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -244,24 +298,25 @@ def run_worker(kind: str, size: str) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def slope(rows: list[dict[str, Any]], stage: str) -> float | None:
+def slope(rows: list[dict[str, Any]], stage: str, key: str = "cpu_s") -> float | None:
     """Least-squares slope of log(seconds) on log(nodes); None with < 2 usable points."""
-    pts = [(r["nodes"], r["times_s"][stage]) for r in rows if r["times_s"].get(stage, 0) > 0]
+    pts = [(r["nodes"], r[key][stage]) for r in rows if r[key].get(stage, 0) > 0]
     if len(pts) < 2:
         return None
     xs, ys = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
     return float(np.polyfit(xs, ys, 1)[0])
 
 
-def table(kind: str, rows: list[dict[str, Any]]) -> str:
+def table(kind: str, rows: list[dict[str, Any]], key: str = "cpu_s") -> str:
+    what = "CPU" if key == "cpu_s" else "wall"
     head = f"{'nodes':>6} " + " ".join(f"{s[:7]:>7}" for s in STAGES) + f" {'peakMB':>7}"
-    lines = [f"== {kind}: seconds per 1k nodes (last row: log-log slope)", head]
+    lines = [f"== {kind}: {what} seconds per 1k nodes (last row: log-log slope)", head]
     for r in rows:
-        per_k = [r["times_s"][s] / r["nodes"] * 1000 for s in STAGES]
+        per_k = [r[key][s] / r["nodes"] * 1000 for s in STAGES]
         lines.append(
             f"{r['nodes']:>6} " + " ".join(f"{v:7.4f}" for v in per_k) + f" {r['peak_mb']:7.0f}"
         )
-    slopes = [slope(rows, s) for s in STAGES]
+    slopes = [slope(rows, s, key) for s in STAGES]
     lines.append(
         f"{'slope':>6} " + " ".join(f"{'-':>7}" if v is None else f"{v:7.2f}" for v in slopes)
     )
@@ -271,12 +326,12 @@ def table(kind: str, rows: list[dict[str, Any]]) -> str:
 def zoo_table(rows: list[dict[str, Any]]) -> str:
     """Seconds per stage of each reference model (sizes differ too little to fit a slope)."""
     head = f"{'model':>14} {'nodes':>6} " + " ".join(f"{s[:7]:>7}" for s in STAGES)
-    lines = ["== reference models (test size, explicit BN): seconds per stage", head]
+    lines = ["== reference models (test size, explicit BN): CPU seconds per stage", head]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['model']:>14} error: {r['error']}")
             continue
-        times = " ".join(f"{r['times_s'][s]:7.3f}" for s in STAGES)
+        times = " ".join(f"{r['cpu_s'][s]:7.3f}" for s in STAGES)
         lines.append(f"{r['model']:>14} {r['nodes']:>6} {times}")
     return "\n".join(lines)
 
@@ -311,8 +366,10 @@ def main(argv: list[str] | None = None) -> None:
             total = row["times_s"]["total"]
             print(f"{kind} {row['nodes']} nodes: total {total:.2f} s", flush=True)
         slopes = {s: slope(rows, s) for s in STAGES}
-        results["kinds"][kind] = {"rows": rows, "slopes": slopes}
+        wall = {s: slope(rows, s, "times_s") for s in STAGES}
+        results["kinds"][kind] = {"rows": rows, "cpu_slopes": slopes, "wall_slopes": wall}
         print(table(kind, rows), flush=True)
+        print(table(kind, rows, "times_s"), flush=True)
     if args.zoo:
         results["zoo"] = zoo_rows()
         print(zoo_table(results["zoo"]), flush=True)
