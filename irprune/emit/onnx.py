@@ -34,12 +34,12 @@ def to_model(graph: Graph) -> onnx.ModelProto:
 
 def _graph_proto(graph: Graph) -> onnx.GraphProto:
     io: dict[str, bytes] = graph.meta.get("io", {})
+    boundary = {id(v) for v in (*graph.inputs, *graph.outputs)}
     inits = [
         numpy_helper.from_array(np.asarray(v.const), v.name)
         for v in graph.constants()
-        if v.uses or graph.is_graph_output(v) or v in graph.inputs
+        if v.uses or id(v) in boundary
     ]
-    boundary = {id(v) for v in (*graph.inputs, *graph.outputs)}
     value_info = [
         _value_info(v)
         for v in graph.values.values()

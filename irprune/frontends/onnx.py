@@ -199,6 +199,7 @@ class _Importer:
         self.model = model
         self.types = types
         self.graph = Graph(name=model.graph.name)
+        self.output_names = {o.name for o in model.graph.output}
 
     def run(self) -> Graph:
         g, mg = self.graph, self.model.graph
@@ -217,8 +218,7 @@ class _Importer:
                 dtype, shape = tensor_shape(vi.type)
                 existing = g.add_value(Value(vi.name, dtype, shape))
             g.inputs.append(existing)
-        for node in mg.node:
-            self._add_node(node)
+        g.add_nodes(node for proto in mg.node if (node := self._node(proto)) is not None)
         for vi in mg.output:
             if vi.name not in g.values:
                 raise InvalidModelError(f"graph output {vi.name!r} is never produced")
@@ -238,12 +238,14 @@ class _Importer:
             raise InvalidModelError(f"value {name!r} is used before it is defined")
         return value
 
-    def _add_node(self, proto: onnx.NodeProto) -> None:
+    def _node(self, proto: onnx.NodeProto) -> Node | None:
+        """The IR node of ``proto`` with its output values added; None for a Constant, which
+        becomes a constant value."""
         is_constant = proto.op_type == "Constant" and proto.domain in ("", "ai.onnx")
-        if is_constant and proto.output[0] not in {o.name for o in self.model.graph.output}:
+        if is_constant and proto.output[0] not in self.output_names:
             array = _constant_value(proto)
             self._add_const(proto.output[0], array, _np_to_onnx(array.dtype))
-            return
+            return None
         inputs = tuple(self._value(n) for n in proto.input)
         outputs = []
         for name in proto.output:
@@ -259,7 +261,7 @@ class _Importer:
             attrs[a.name] = _attr_value(a)
             for sub in _subgraphs(a):
                 implicit += [v for n in _outer_names(sub) if (v := self.graph.values.get(n))]
-        node = Node(
+        return Node(
             op_type=proto.op_type,
             domain=proto.domain,
             name=proto.name,
@@ -269,7 +271,6 @@ class _Importer:
             implicit_inputs=tuple({id(v): v for v in implicit}.values()),
             doc_string=proto.doc_string,
         )
-        self.graph.add_node(node)
 
 
 def _template(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -13,7 +13,7 @@ This module imports neither onnx nor torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +127,9 @@ class Graph:
     values: dict[str, Value] = field(default_factory=dict)
     opset_imports: dict[str, int] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    # unique_name: for each base, how many suffixed names base_1.. base_k were found taken (valid
+    # while no value is removed), so k clones of one value cost O(k), not O(k^2)
+    _taken: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     # --- construction -------------------------------------------------------------------------
     def add_value(self, value: Value) -> Value:
@@ -137,18 +140,34 @@ class Graph:
 
     def add_node(self, node: Node, *, index: int | None = None) -> Node:
         """Append (or insert at ``index``) a node whose inputs and outputs are already values."""
+        self._check_new(node, lambda v: any(v is i for i in self.inputs))
+        self._insert(node, index)
+        return node
+
+    def add_nodes(self, nodes: Iterable[Node]) -> None:
+        """``add_node`` each node in order, appending. The graph inputs are indexed once, so n
+        nodes cost O(n + inputs), not O(n * inputs) (old exports list every weight as an input).
+        The graph inputs must not change while ``nodes`` is consumed."""
+        inputs = {id(v) for v in self.inputs}
+        for node in nodes:
+            self._check_new(node, lambda v: id(v) in inputs)
+            self._insert(node, None)
+
+    def _check_new(self, node: Node, is_input: Callable[[Value], bool]) -> None:
         if len({id(o) for o in node.outputs}) != len(node.outputs):
             raise IRError(f"{node!r} lists the same output twice")
         for out in node.outputs:
             if out.producer is not None:
                 raise IRError(f"value {out.name!r} already produced by {out.producer!r}")
-            if out.is_const or any(out is v for v in self.inputs):
+            if out.is_const or is_input(out):
                 raise IRError(f"value {out.name!r} is already defined (constant or graph input)")
             if self.values.get(out.name) is not out:
                 raise IRError(f"output {out.name!r} is not a value of this graph")
         for v in (*node.inputs, *node.implicit_inputs):
             if v is not None and self.values.get(v.name) is not v:
                 raise IRError(f"input {v.name!r} of {node!r} is not a value of this graph")
+
+    def _insert(self, node: Node, index: int | None) -> None:
         for out in node.outputs:
             out.producer = node
         self._link(node)
@@ -156,7 +175,6 @@ class Graph:
             self.nodes.append(node)
         else:
             self.nodes.insert(index, node)
-        return node
 
     # --- the one place where use-def links change ---------------------------------------------
     def _link(self, node: Node) -> None:
@@ -209,6 +227,7 @@ class Graph:
                 raise IRError(f"cannot remove {node!r}: {out.name!r} is a graph output")
         self._unlink(node)
         self.nodes.remove(node)
+        self._taken.clear()
         for out in node.outputs:
             out.producer = None
             del self.values[out.name]
@@ -221,12 +240,40 @@ class Graph:
         """
         if node not in self.nodes:
             raise IRError(f"{node!r} is not in the graph")
-        if len(arrays) != len(node.outputs):
-            raise IRError(f"{node!r} has {len(node.outputs)} outputs, got {len(arrays)} arrays")
-        if any(self.is_graph_output(out) for out in node.outputs):
-            raise IRError(f"cannot fold {node!r}: it produces a graph output")
+        self._check_fold(node, arrays, {id(v) for v in self.outputs})
         self._unlink(node)
         self.nodes.remove(node)
+        self._make_constants(node, arrays)
+
+    def fold_nodes(self, evaluate: Callable[[Node], list[np.ndarray] | None]) -> int:
+        """``fold_node`` every node, in order, for which ``evaluate`` returns arrays; a later
+        node's evaluation sees the constants folded before it. The node list is rebuilt once, so
+        folding k nodes costs O(n + k), not O(n * k). Returns how many nodes were folded."""
+        folded: set[int] = set()
+        outputs = {id(v) for v in self.outputs}
+        try:
+            for node in list(self.nodes):
+                arrays = evaluate(node)
+                if arrays is None:
+                    continue
+                self._check_fold(node, arrays, outputs)
+                self._unlink(node)
+                folded.add(id(node))
+                self._make_constants(node, arrays)
+        finally:
+            if folded:
+                self.nodes = [n for n in self.nodes if id(n) not in folded]
+        return len(folded)
+
+    @staticmethod
+    def _check_fold(node: Node, arrays: list[np.ndarray], graph_outputs: set[int]) -> None:
+        if len(arrays) != len(node.outputs):
+            raise IRError(f"{node!r} has {len(node.outputs)} outputs, got {len(arrays)} arrays")
+        if any(id(out) in graph_outputs for out in node.outputs):
+            raise IRError(f"cannot fold {node!r}: it produces a graph output")
+
+    @staticmethod
+    def _make_constants(node: Node, arrays: list[np.ndarray]) -> None:
         for out, array in zip(node.outputs, arrays, strict=True):
             out.producer = None
             out.const = np.asarray(array)
@@ -234,11 +281,11 @@ class Graph:
 
     def remove_unused_constants(self) -> int:
         """Drop initializers nobody reads; returns how many were removed."""
+        boundary = {id(v) for v in (*self.inputs, *self.outputs)}
         dead = [
-            v
-            for v in self.values.values()
-            if v.is_const and not v.uses and v not in self.outputs and v not in self.inputs
+            v for v in self.values.values() if v.is_const and not v.uses and id(v) not in boundary
         ]
+        self._taken.clear()
         for v in dead:
             del self.values[v.name]
         return len(dead)
@@ -251,11 +298,14 @@ class Graph:
         return any(v is value for v in self.outputs)
 
     def unique_name(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.values:
+        """The first of ``base``, ``base_1``, ``base_2``, ... that names no value."""
+        if base not in self.values:
+            return base
+        k = self._taken.get(base, 0) + 1
+        while f"{base}_{k}" in self.values:
             k += 1
-            name = f"{base}_{k}"
-        return name
+        self._taken[base] = k - 1
+        return f"{base}_{k}"
 
     def consumers(self, value: Value) -> Iterable[Node]:
         seen: set[int] = set()

@@ -21,11 +21,13 @@ contract, rounding only a preference.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Protocol
 
 import numpy as np
 
@@ -117,10 +119,18 @@ def allocate(
         if curves is None:
             raise ValueError("the sensitivity strategy needs measured curves")
         sub = _greedy_sensitivity(ids, allowed, at, budget, curves)
-    sub = _fill(sub, group_scores, allowed, at, budget, allowed.n)
+
+    def probe(sub: np.ndarray) -> _Step:
+        w = base.copy()
+        w[ids] = sub
+        if target.metric == "latency":  # no incremental form: evaluate the model in full
+            return _Step(_FullProbe(measure, w), ids, at, budget)
+        return _Step(cost.probe(target.metric, w), ids, at, budget)
+
+    sub = _fill(sub, group_scores, allowed, probe(sub), allowed.n)
     if at(sub) < (target.fraction - TOLERANCE) * total and allowed.n > 1:
         # Rounded steps cannot land in the window: the target contract wins over rounding.
-        sub = _fill(sub, group_scores, allowed, at, budget, 1)
+        sub = _fill(sub, group_scores, allowed, probe(sub), 1)
     widths = base.copy()
     widths[ids] = sub
     ratio = measure(widths) / total if total else 1.0
@@ -274,32 +284,83 @@ def _next_step_up(
     return best
 
 
+class _Probe(Protocol):
+    def with_width(self, group: int, width: float) -> float: ...
+
+    def set_width(self, group: int, width: float) -> None: ...
+
+
+@dataclass
+class _FullProbe:
+    """The ``Probe`` interface by full evaluations of ``measure`` (for the latency model)."""
+
+    measure: Callable[[np.ndarray], float]
+    widths: np.ndarray
+
+    def with_width(self, group: int, width: float) -> float:
+        trial = self.widths.copy()
+        trial[group] = width
+        return self.measure(trial)
+
+    def set_width(self, group: int, width: float) -> None:
+        self.widths[group] = width
+
+
+@dataclass
+class _Step:
+    """Whether widening one group keeps the cost within the budget, in time proportional to
+    what that group touches (``Probe``); within rounding distance of the budget the full
+    evaluation decides, so the answer is the one ``at`` gives."""
+
+    probe: _Probe
+    ids: list[int]
+    at: Callable[[np.ndarray], float]
+    budget: float
+
+    def fits(self, sub: np.ndarray, i: int, width: float) -> bool:
+        estimate = self.probe.with_width(self.ids[i], width)
+        if abs(estimate - self.budget) > 1e-9 * max(abs(self.budget), abs(estimate)):
+            return estimate <= self.budget
+        trial = sub.copy()
+        trial[i] = width
+        return self.at(trial) <= self.budget
+
+    def commit(self, i: int, width: float) -> None:
+        self.probe.set_width(self.ids[i], width)
+
+
 def _fill(
     sub: np.ndarray,
     group_scores: list[np.ndarray],
     allowed: _Widths,
-    at: Callable[[np.ndarray], float],
-    budget: float,
+    step_check: _Step,
     step: int,
 ) -> np.ndarray:
-    """Add back removed channels, best first, while the cost stays within the budget."""
+    """Add back removed channels, best first, while the cost stays within the budget.
+
+    The best group is the one whose next channel scores highest (ties: the lowest index); a
+    group whose next step does not fit is not tried again. A heap holds each open group's next
+    score, so a step costs O(log groups) plus the cost probe.
+    """
     sub = sub.copy()
     ranked = [np.sort(s)[::-1] for s in group_scores]
-    blocked: set[int] = set()
+    heap: list[tuple[float, int]] = []
+
+    def offer(i: int) -> None:
+        if sub[i] < allowed.sizes[i]:
+            score = float(ranked[i][int(sub[i])])
+            if score > -np.inf:  # -inf and NaN never win a strict comparison
+                heapq.heappush(heap, (-score, i))
+
+    for i in range(len(sub)):
+        offer(i)
     for _ in range(4 * len(sub) + 64):
-        best, best_score = -1, -np.inf
-        for i, w in enumerate(sub):
-            if i in blocked or w >= allowed.sizes[i]:
-                continue
-            s = ranked[i][int(w)]
-            if s > best_score:
-                best, best_score = i, s
-        if best < 0:
+        if not heap:
             break
-        trial = sub.copy()
-        trial[best] = allowed.step_up(best, sub[best], step)
-        if at(trial) <= budget:
-            sub = trial
-        else:
-            blocked.add(best)
+        _, best = heapq.heappop(heap)
+        width = allowed.step_up(best, sub[best], step)
+        if step_check.fits(sub, best, width):
+            step_check.commit(best, width)
+            sub[best] = width
+            offer(best)
     return sub

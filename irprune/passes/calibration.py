@@ -75,7 +75,8 @@ def iterate_exposed(
     Progress (one unit per batch) goes to ``callback`` and any display the caller enabled."""
     names = list(dict.fromkeys(names))
     sess = session(exposed(graph, names), threads=threads)
-    wanted = [n for n in names if n in {o.name for o in sess.get_outputs()}]
+    outputs = {o.name for o in sess.get_outputs()}
+    wanted = [n for n in names if n in outputs]
     chunks = progress.track(
         batches(feeds, batch), label, total=batch_count(feeds, batch), callback=callback
     )

@@ -85,12 +85,7 @@ INTEGER_MATH = frozenset(
 def fold_constants(graph: Graph) -> int:
     """Fold every foldable node in topological order; returns how many were folded."""
     opset = graph.opset_imports.get("", 17)
-    folded = 0
-    for node in list(graph.nodes):
-        arrays = _evaluate(graph, node, opset)
-        if arrays is not None:
-            graph.fold_node(node, arrays)
-            folded += 1
+    folded = graph.fold_nodes(lambda node: _evaluate(graph, node, opset))
     if folded:
         log.info("folded %d constant nodes", folded)
     return folded

@@ -123,3 +123,30 @@ def test_prune_to_a_latency_target_reports_its_rounds(
 def test_exactly_one_target() -> None:
     with pytest.raises(UsageError):
         irprune.prune(build_demo_model(), target_flops=0.5, target_latency=0.5)
+
+
+class _WidthSum:
+    """A stand-in latency model: cost = sum of the widths (unlike MACs or params)."""
+
+    def at(self, widths: np.ndarray) -> float:
+        return float(np.sum(widths))
+
+
+def test_allocation_prices_every_step_with_the_latency_model() -> None:
+    from irprune.passes.allocation import Target, allocate
+    from irprune.passes.importance import score
+
+    _, graph, analysis, cost, _, _ = _setup()
+    model = _WidthSum()
+    scores = score(graph, analysis, "l1")
+    plan = allocate(
+        analysis,
+        cost,
+        scores,
+        Target("latency", 0.8),
+        round_to=1,
+        latency=model,  # type: ignore[arg-type]
+    )
+    ratio = model.at(plan.widths) / model.at(cost.base_widths)
+    assert plan.ratio == pytest.approx(ratio)
+    assert 0.8 - 0.01 <= ratio <= 0.8

@@ -87,6 +87,7 @@ class Context:
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
         self.opset = graph.opset_imports.get("", 0)
+        self.input_ids = {id(v) for v in graph.inputs}  # analysis never changes the graph
         self.layouts: dict[int, dict[int, Layout]] = {}
         self.parent: list[int] = []
         self.sizes: list[int] = []
@@ -97,6 +98,11 @@ class Context:
         self.labels: dict[int, str] = {}
         self.retired: set[int] = set()
         self.replaced: dict[int, Layout] = {}
+        # Indices that keep ``refine`` proportional to the group it refines, not to the graph:
+        # every root of each union-find class (retired ones included), and for every root the
+        # (value id, axis) keys of the layouts that hold it (a superset: stale keys are checked).
+        self.members: dict[int, list[int]] = {}
+        self.users: dict[int, set[tuple[int, int]]] = {}
 
     # --- union-find over roots ----------------------------------------------------------------
     def find(self, root: int) -> int:
@@ -108,13 +114,34 @@ class Context:
     def _union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+            top, child = min(ra, rb), max(ra, rb)
+            self.parent[child] = top
+            big, small = self.members.pop(top), self.members.pop(child)
+            if len(big) < len(small):
+                big, small = small, big
+            big += small
+            self.members[top] = big
 
     def _new_root(self, size: int) -> int:
         root = len(self.parent)
         self.parent.append(root)
         self.sizes.append(size)
+        self.members[root] = [root]
         return root
+
+    def _store(self, vid: int, axis: int, layout: Layout) -> None:
+        """The one place layouts are written, so ``users`` stays a superset."""
+        self.layouts.setdefault(vid, {})[axis] = layout
+        for s in layout:
+            if s.root is not None:
+                self.users.setdefault(s.root, set()).add((vid, axis))
+
+    def _holding(self, roots: list[int]) -> list[tuple[int, int]]:
+        """Keys of the layouts that hold any of ``roots`` (each layout is changed on its own,
+        so their order does not matter)."""
+        wanted = set(roots)
+        keys = {key for r in roots for key in self.users.get(r, ())}
+        return [k for k in keys if any(s.root in wanted for s in self.layouts[k[0]][k[1]])]
 
     def refine(self, root: int, pieces: Layout) -> bool:
         """Re-express the channels of ``root``'s group as ``pieces``; False if not expressible.
@@ -127,15 +154,10 @@ class Context:
         the coupling survives piece by piece. Every layout is checked before any is changed.
         """
         top = self.find(root)
-        members = [
-            r for r in range(len(self.parent)) if r not in self.retired and self.find(r) == top
-        ]
+        members = sorted(r for r in self.members[top] if r not in self.retired)
         placeholder = {r: tuple(pieces) for r in members}
-        if any(
-            lay.substitute(layout, placeholder) is None
-            for axes in self.layouts.values()
-            for layout in axes.values()
-        ):
+        held = self._holding(members)
+        if any(lay.substitute(self.layouts[v][a], placeholder) is None for v, a in held):
             return False
         leaders: list[int] = []
         mapping: dict[int, Layout] = {}
@@ -150,17 +172,12 @@ class Context:
                     self.frozen[n] = list(self.frozen[r])
         self.retired |= set(members)
         self.replaced.update(mapping)
-        self.sources = [
-            (n, src)
-            for r, src in self.sources
-            for n in (sorted(lay.roots(mapping[r])) if r in mapping else [r])
-        ]
-        for axes in self.layouts.values():
-            for axis, layout in axes.items():
-                if any(s.root in mapping for s in layout):
-                    new_layout = lay.substitute(layout, mapping)
-                    assert new_layout is not None  # checked above
-                    axes[axis] = new_layout
+        for vid, axis in held:
+            new_layout = lay.substitute(self.layouts[vid][axis], mapping)
+            assert new_layout is not None  # checked above
+            self._store(vid, axis, new_layout)
+        for r in members:
+            self.users.pop(r, None)
         return True
 
     def join(self, a: int, b: int, where: str) -> None:
@@ -214,12 +231,12 @@ class Context:
     def _replace_fixed(
         self, value: Value, axis: int, seg: Segment, start: int, pieces: tuple[Segment, ...]
     ) -> None:
-        layout = self.layouts[id(value)][axis % max(value.rank or 1, 1)]
+        axis %= max(value.rank or 1, 1)
         out, pos = [], 0
-        for s in layout:
+        for s in self.layouts[id(value)][axis]:
             out += list(pieces) if (pos == start and s == seg) else [s]
             pos += s.span
-        self.layouts[id(value)][axis % max(value.rank or 1, 1)] = tuple(out)
+        self._store(id(value), axis, tuple(out))
 
     def current(self, layout: Layout) -> Layout | None:
         """``layout`` with roots refined since it was computed replaced by their pieces."""
@@ -263,7 +280,7 @@ class Context:
         existing = self.layouts.setdefault(id(value), {}).get(axis)
         fresh = self.current(layout)
         if existing is None and fresh is not None:
-            self.layouts[id(value)][axis] = fresh
+            self._store(id(value), axis, fresh)
         elif existing is None:
             self.freeze(layout, f"layout of {value.name!r} cannot be expressed after refinement")
         else:
@@ -285,18 +302,16 @@ class Context:
             if fresh is None or value.static_dim(axis) != lay.span(fresh):
                 self.freeze(layout, f"constant {value.name!r} does not match its channels")
             else:
-                self.layouts.setdefault(id(value), {})[axis] = fresh
+                self._store(id(value), axis, fresh)
         else:
-            why = "a graph input" if value in self.graph.inputs else "fixed channels"
+            why = "a graph input" if id(value) in self.input_ids else "fixed channels"
             self.freeze(layout, f"{self.label(node)}: coupled with {value.name!r} ({why})")
 
     def source(self, node: Node, w_index: int, w_axis: int, out: Value, out_axis: int) -> Layout:
         weight = node.inputs[w_index]
         assert weight is not None and weight.const is not None
         size = int(weight.const.shape[w_axis])
-        root = len(self.parent)
-        self.parent.append(root)
-        self.sizes.append(size)
+        root = self._new_root(size)
         layout = lay.single(root, size)
         src = Source(self.label(node), weight.name, w_axis % weight.const.ndim, out.name)
         self.sources.append((root, src))
@@ -426,8 +441,9 @@ class Context:
                 for g in lay.roots(mapped):
                     members[g].append(Space(names[vid], axis))
         sources: dict[int, list[Source]] = {i: [] for i in gid.values()}
-        for root, src in self.sources:
-            sources[relabel[root]].append(src)
+        for root, src in self.sources:  # a refined source's channels went to its pieces
+            for piece in self._live(root):
+                sources[relabel[piece]].append(src)
         groups = tuple(
             ChannelGroup(
                 id=gid[top],

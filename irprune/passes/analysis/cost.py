@@ -86,6 +86,68 @@ class CostModel:
     def params_at(self, widths: np.ndarray) -> float:
         return self.params.evaluate(self.factor_values(widths))
 
+    def probe(self, metric: str, widths: np.ndarray) -> Probe:
+        """A ``Probe`` of ``metric`` ("macs" or "params") starting at ``widths``."""
+        return Probe(self, self.macs if metric == "macs" else self.params, widths)
+
+
+class Probe:
+    """One metric at one width vector, re-evaluated after changing ONE group's width in time
+    proportional to the terms that group touches, not to the whole graph (allocation's greedy
+    steps). Sums are taken in another order than a full evaluation: equal up to rounding."""
+
+    def __init__(self, model: CostModel, terms: _Terms, widths: np.ndarray) -> None:
+        self.model, self.terms = model, terms
+        self.widths = np.asarray(widths, dtype=np.float64).copy()
+        self.values = np.append(model.factor_values(self.widths), 1.0)  # [-1] is the 1 factor
+        self.total = terms.evaluate(self.values[:-1])
+        flat = terms.factors.ravel()
+        read = flat >= 0
+        rows = flat[read]
+        order = np.argsort(rows, kind="stable")
+        self._term_rows = rows[order]
+        self._row_terms = (np.arange(flat.size) // max(terms.factors.shape[1], 1))[read][order]
+        order = np.argsort(model.f_cols, kind="stable")
+        self._group_cols = model.f_cols[order]
+        self._group_entries = order
+        self._touched: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _touch(self, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(factor rows of ``group``, their coefficient on its width, terms reading them)."""
+        if group not in self._touched:
+            lo, hi = np.searchsorted(self._group_cols, [group, group + 1])
+            entries = self._group_entries[lo:hi]
+            rows, inverse = np.unique(self.model.f_rows[entries], return_inverse=True)
+            coefs = np.bincount(inverse, self.model.f_coef[entries], minlength=len(rows))
+            starts = np.searchsorted(self._term_rows, rows)
+            ends = np.searchsorted(self._term_rows, rows, side="right")
+            parts = [self._row_terms[a:b] for a, b in zip(starts, ends, strict=True)]
+            terms = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+            self._touched[group] = (rows, coefs, terms)
+        return self._touched[group]
+
+    def _partial(self, terms: np.ndarray) -> float:
+        products = np.prod(self.values[self.terms.factors[terms]], axis=1)
+        return float(np.sum(self.terms.coef[terms] * products))
+
+    def _delta(self, group: int, width: float, keep: bool) -> float:
+        rows, coefs, terms = self._touch(group)
+        before = self._partial(terms)
+        saved = self.values[rows]
+        self.values[rows] = saved + coefs * (width - self.widths[group])
+        after = self._partial(terms)
+        if not keep:
+            self.values[rows] = saved
+        return after - before
+
+    def with_width(self, group: int, width: float) -> float:
+        """The metric if ``group`` had ``width`` (nothing changes)."""
+        return self.total + self._delta(group, width, keep=False)
+
+    def set_width(self, group: int, width: float) -> None:
+        self.total += self._delta(group, width, keep=True)
+        self.widths[group] = width
+
 
 class _Builder:
     def __init__(self, analysis: ChannelAnalysis) -> None:

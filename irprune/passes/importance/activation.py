@@ -46,6 +46,18 @@ class _Stats:
         self.zeros: dict[tuple[str, int], np.ndarray] = {}
         self.absum: dict[tuple[str, int], np.ndarray] = {}
         self.count: dict[tuple[str, int], int] = {}
+        self._by_group: dict[int, list[tuple[str, int]]] | None = None
+
+    def keys_of(self, analysis: ChannelAnalysis, group: int) -> list[tuple[str, int]]:
+        """The measured (value, axis) keys whose layout holds ``group``, in measurement order;
+        indexed once for all groups (a scan of every key per group is O(groups x keys))."""
+        if self._by_group is None:
+            self._by_group = {}
+            for key in self.count:
+                layout = analysis.layout(*key)
+                for g in lay.roots(layout) if layout is not None else ():
+                    self._by_group.setdefault(g, []).append(key)
+        return self._by_group.get(group, [])
 
     def __call__(self, name: str, array: np.ndarray) -> None:
         for axis in self.spaces[name]:
@@ -67,10 +79,10 @@ def scores(
     analysis: ChannelAnalysis, stats: _Stats, group: ChannelGroup, criterion: str
 ) -> np.ndarray | None:
     total, n = np.zeros(group.size), 0
-    for key, count in stats.count.items():
+    for key in stats.keys_of(analysis, group.id):
+        count = stats.count[key]
         layout = analysis.layout(*key)
-        if layout is None or group.id not in lay.roots(layout):
-            continue
+        assert layout is not None
         if criterion == "apoz":
             per_pos = 1.0 - stats.zeros[key] / count
         else:

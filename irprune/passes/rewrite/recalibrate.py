@@ -119,7 +119,7 @@ def _dropped(node: Node, analysis: ChannelAnalysis, plan: Plan) -> tuple[np.ndar
     outputs = kept_outputs(node, analysis, plan)
     if layout is None or outputs is None:
         return None
-    kept = lay.positions(layout, dict(plan.kept))
+    kept = lay.positions(layout, plan.kept)
     dropped = np.setdiff1d(np.arange(w.const.shape[axis]), kept)
     if not len(dropped):
         return None

@@ -55,7 +55,7 @@ def kept_outputs(node: Node, analysis: ChannelAnalysis, plan: Plan) -> np.ndarra
     size = y.static_dim(axis)
     if layout is None:
         return np.arange(size) if size is not None else None
-    return lay.positions(layout, dict(plan.kept))
+    return lay.positions(layout, plan.kept)
 
 
 def refit_targets(pruned: Graph, original: Graph) -> list[tuple[Node, Node]]:
