@@ -265,6 +265,7 @@ def run_tool(ctx: Context, tool: str) -> dict[str, Any]:
         "detail": ctx.subject.detail,
         "tool": tool,
         "original_accuracy": ctx.base_accuracy,
+        "original_mmacs": ctx.macs / 1e6,
     }
     runners: dict[str, Callable[[], bytes]] = {
         "irprune": lambda: run_irprune(ctx, row, None),
@@ -324,6 +325,38 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {_f(_speedup(r, t1), '.2f')} "
             f"| {_f(_speedup(r, t2), '.2f')} | {_f(ratio, '.2f')} | {acc} | {note} |"
         )
+    return "\n".join(lines)
+
+
+def pivot(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """The same rows, compact (for the README): one line per model, one column per tool, cell =
+    speedup at 1 / 2 threads (top-1 % on the digits nets); '!' marks a row that is not OK."""
+    tools = [t for t in TOOLS if any(r["tool"] == t for r in rows)]
+    t1, t2 = args.threads[0], args.threads[-1]
+    lines = [
+        f"| model (speedup {t1}t / {t2}t; top-1 %) | MMACs | " + " | ".join(tools) + " |",
+        "|" + " --- |" * (len(tools) + 2),
+    ]
+    by = {(r["model"], r["tool"]): r for r in rows}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        any_row = next(r for r in rows if r["model"] == model)
+        cells = []
+        for tool in tools:
+            r = by.get((model, tool))
+            if r is None or "mac_ratio" not in r:
+                cells.append(r["status"] if r else "-")
+                continue
+            cell = f"{_f(_speedup(r, t1), '.2f')} / {_f(_speedup(r, t2), '.2f')}"
+            if r.get("accuracy") is not None:
+                cell += f"; {100 * r['accuracy']:.1f}"
+            if r["status"] != "OK":
+                cell += f" ! {r['status']} {r['mac_ratio']:.2f}"
+            cells.append(cell)
+        name = model
+        if any_row.get("original_accuracy") is not None:
+            name += f" (orig {100 * any_row['original_accuracy']:.1f})"
+        macs = any_row.get("original_mmacs")
+        lines.append(f"| {name} | {_f(macs, '.0f')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -460,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows, args))
     print()
     print(ratio_table(result["ratios"], args))
+    print()
+    print(pivot(rows, args))
     print(f"\nwrote {args.out} ({result['benchmark_wall_s']:.0f}s)")
     return 0
 

@@ -159,7 +159,7 @@ def digits_subject(name: str, style: Style, cache_dir: Path) -> Subject:
 
 @dataclass
 class Search:
-    """Probes of a bisection: (knob, MAC ratio) in order; ``best`` the chosen knob."""
+    """Probes of a bisection: (knob, MAC ratio) in order; ``best`` the reported knob."""
 
     probes: list[tuple[float, float]] = field(default_factory=list)
     best: float | None = None
@@ -176,8 +176,8 @@ def bisect(
     max_probes: int = 12,
 ) -> Search:
     """Find a knob in ``[0, hi]`` whose MAC ratio (non-increasing in the knob) lies in
-    ``[target - tol, target]``. Without a hit, ``best`` is the probe closest below the target,
-    else the lowest ratio seen (the caller reports it as missing the target)."""
+    ``[target - tol, target]``; stop at the first hit. Which probe is reported (also without a
+    hit) is :class:`Keeper`'s choice."""
     search = Search()
     lo, x = 0.0, first
     for _ in range(max_probes):
@@ -191,10 +191,32 @@ def bisect(
         else:
             hi = x
         x = (lo + hi) / 2
-    below = [p for p in search.probes if p[1] <= target]
-    pick = max(below, key=lambda p: p[1]) if below else min(search.probes, key=lambda p: p[1])
-    search.best = pick[0]
     return search
+
+
+class Keeper:
+    """Keeps the pruned model of the probes that may be reported (the best one at or below the
+    target, and the lowest one), so the reported model is the probed one: a re-run is not
+    always identical (Torch-Pruning's global ranking gave 0.480 and then 0.503 at one ratio)."""
+
+    def __init__(self, target: float) -> None:
+        self.target = target
+        self.below: tuple[float, float, Any] | None = None
+        self.lowest: tuple[float, float, Any] | None = None
+
+    def add(self, knob: float, ratio: float, artifact: Any) -> None:
+        if ratio <= self.target and (self.below is None or ratio > self.below[1]):
+            self.below = (knob, ratio, artifact)
+        if self.lowest is None or ratio < self.lowest[1]:
+            self.lowest = (knob, ratio, artifact)
+
+    def pick(self, search: Search) -> Any:
+        """The model to report: the best at or below the target (a hit is that one), else the
+        lowest; ``search.best`` is set to its knob."""
+        kept = self.below or self.lowest
+        assert kept is not None, "no probe ran"
+        search.best = kept[0]
+        return kept[2]
 
 
 # --------------------------------------------------------------------------- Torch-Pruning
@@ -213,13 +235,13 @@ def _flat_tensors(out: Any) -> list[Tensor]:
 def output_layers(model: nn.Module, example: tuple[Tensor, ...]) -> list[str]:
     """Names of the Conv/Linear modules whose output is (a view of) a model output; the last
     one run when none is (Torch-Pruning's examples ignore the classifier)."""
-    seen: list[tuple[str, int]] = []
+    # the outputs are held (not just their addresses): a freed intermediate's memory can be
+    # reused by a later tensor, and a stale address would match the wrong layer
+    seen: list[tuple[str, Tensor]] = []
     hooks = []
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            hook = m.register_forward_hook(
-                lambda mod, a, out, n=name: seen.append((n, out.data_ptr()))
-            )
+            hook = m.register_forward_hook(lambda mod, a, out, n=name: seen.append((n, out)))
             hooks.append(hook)
     try:
         with torch.no_grad():
@@ -228,7 +250,7 @@ def output_layers(model: nn.Module, example: tuple[Tensor, ...]) -> list[str]:
         for h in hooks:
             h.remove()
     ptrs = {t.data_ptr() for t in outs}
-    names = [n for n, p in seen if p in ptrs]
+    names = [n for n, t in seen if t.data_ptr() in ptrs]
     return names or [seen[-1][0]]
 
 
@@ -289,21 +311,18 @@ def run_torch_pruning(
     """Search Torch-Pruning's ratio to the target; return the exported pruned model."""
     base = subject.build().eval()
     example = subject.example_inputs()
-    last: dict[float, tuple[bytes, Seconds]] = {}
+    keeper = Keeper(target)
     start = time.perf_counter()
 
     def evaluate(ratio: float) -> float:
         model, seconds = tp_prune(base, example, ratio, global_pruning, round_to)
         data = _export_bytes(subject, model)
-        last.clear()
-        last[ratio] = (data, seconds)
-        return mac_ratio(onnx.ModelProto.FromString(data))
+        macs = mac_ratio(onnx.ModelProto.FromString(data))
+        keeper.add(ratio, macs, (data, seconds))
+        return macs
 
     search = bisect(evaluate, target, first=1 - target**0.5, hi=0.9)
-    assert search.best is not None
-    if search.best not in last:
-        evaluate(search.best)
-    data, seconds = last[search.best]
+    data, seconds = keeper.pick(search)
     return PeerResult(data, seconds, search.best, search, time.perf_counter() - start)
 
 
@@ -340,15 +359,14 @@ def run_onnxsim(
 ) -> PeerResult:
     """Search onnxsim's sparsity to the target on the subject's ONNX file."""
     original = onnx.load(subject.path)
-    last: dict[float, tuple[bytes, Seconds]] = {}
+    keeper = Keeper(target)
     start = time.perf_counter()
 
     def evaluate(sparsity: float) -> float:
         out, seconds = onnxsim_prune(original, sparsity, global_sparsity)
-        data = out.SerializeToString()
-        last.clear()
-        last[sparsity] = (data, seconds)
-        return mac_ratio(out)
+        macs = mac_ratio(out)
+        keeper.add(sparsity, macs, (out.SerializeToString(), seconds))
+        return macs
 
     at_max = evaluate(ONNXSIM_MAX_SPARSITY)
     if at_max > 0.999:
@@ -358,10 +376,7 @@ def run_onnxsim(
     else:
         search = bisect(evaluate, target, first=1 - target**0.5, hi=ONNXSIM_MAX_SPARSITY)
         search.probes.insert(0, (ONNXSIM_MAX_SPARSITY, at_max))
-    assert search.best is not None
-    if search.best not in last:
-        evaluate(search.best)
-    data, seconds = last[search.best]
+    data, seconds = keeper.pick(search)
     result = PeerResult(data, seconds, search.best, search, time.perf_counter() - start)
     if at_max > target:
         result.notes.append(f"floor: MAC ratio {at_max:.3f} even at sparsity 0.99")
