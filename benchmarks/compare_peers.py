@@ -166,6 +166,22 @@ class Search:
     hit: bool = False
 
 
+Point = tuple[float, float]  # (knob, MAC ratio)
+
+
+def _next_knob(lo: Point, below: Point | None, above: list[Point], cap: float, aim: float) -> float:
+    """False position towards ``aim``: interpolate the bracket ``lo``..``below`` or, without a
+    point below the target yet, extrapolate the last two points above it (up to ``cap``); kept
+    10% inside the bracket so step-shaped curves still shrink it."""
+    a, b = (lo, below) if below is not None else (above[-2], above[-1])
+    right = below[0] if below is not None else cap
+    width = right - lo[0]
+    guess = lo[0] + width / 2
+    if b[1] != a[1]:
+        guess = a[0] + (aim - a[1]) * (b[0] - a[0]) / (b[1] - a[1])
+    return min(max(guess, lo[0] + 0.1 * width), right - 0.1 * width)
+
+
 def bisect(
     evaluate: Callable[[float], float],
     target: float,
@@ -173,31 +189,33 @@ def bisect(
     first: float,
     hi: float,
     tol: float = 0.02,
-    max_probes: int = 12,
+    max_probes: int = 10,
 ) -> Search:
-    """Find a knob in ``[0, hi]`` whose MAC ratio (non-increasing in the knob) lies in
-    ``[target - tol, target]``; stop at the first hit. Which probe is reported (also without a
-    hit) is :class:`Keeper`'s choice."""
+    """Find a knob in ``[0, hi]`` whose MAC ratio (non-increasing in the knob, 1 at 0) lies in
+    ``[target - tol, target]``, aiming at the window's middle (:func:`_next_knob`); stop at
+    the first hit. Which probe is reported (also without a hit) is :class:`Keeper`'s choice."""
     search = Search()
-    lo, x = 0.0, first
+    above: list[Point] = [(0.0, 1.0)]
+    below: Point | None = None
+    x = first
     for _ in range(max_probes):
         ratio = evaluate(x)
         search.probes.append((x, ratio))
         if target - tol <= ratio <= target:
-            search.best, search.hit = x, True
+            search.hit = True
             return search
         if ratio > target:
-            lo = x
+            above.append((x, ratio))
         else:
-            hi = x
-        x = (lo + hi) / 2
+            below = (x, ratio)
+        x = _next_knob(above[-1], below, above, hi, target - tol / 2)
     return search
 
 
 class Keeper:
     """Keeps the pruned model of the probes that may be reported (the best one at or below the
     target, and the lowest one), so the reported model is the probed one: a re-run is not
-    always identical (Torch-Pruning's global ranking gave 0.480 and then 0.503 at one ratio)."""
+    need not be identical to the probe."""
 
     def __init__(self, target: float) -> None:
         self.target = target
