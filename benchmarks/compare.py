@@ -48,6 +48,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -409,22 +410,21 @@ def ratio_table(summary: dict[str, Any], args: argparse.Namespace) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def environment() -> dict[str, Any]:
-    import torch
-    import torch_pruning
-
+def _dist_version(name: str) -> str:
+    """The installed distribution's version (torch_pruning 1.6.1's ``__version__`` says 1.6.0)."""
     try:
-        import onnxsim
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
-        onnxsim_version = onnxsim.__version__
-    except Exception as exc:  # report, do not stop
-        onnxsim_version = f"unavailable: {first_line(exc)}"
+
+def environment() -> dict[str, Any]:
     return {
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
-        "torch": torch.__version__,
-        "torch_pruning": torch_pruning.__version__,
-        "onnxsim": onnxsim_version,
+        "torch": _dist_version("torch"),
+        "torch_pruning": _dist_version("torch-pruning"),
+        "onnxsim": _dist_version("onnxsim"),
         "numpy": np.__version__,
         "cpus": os.cpu_count(),
         "loadavg_at_start": os.getloadavg(),
