@@ -214,8 +214,8 @@ def bisect(
 
 class Keeper:
     """Keeps the pruned model of the probes that may be reported (the best one at or below the
-    target, and the lowest one), so the reported model is the probed one: a re-run is not
-    need not be identical to the probe."""
+    target, and the lowest one), so the reported model is exactly the probed one, without a
+    second prune + export."""
 
     def __init__(self, target: float) -> None:
         self.target = target
