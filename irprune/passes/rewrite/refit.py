@@ -9,16 +9,19 @@ node from the PRUNED model's input to it:
 
 Conv inputs are unfolded (im2col) so a conv is a matrix product. The normal equations X^T X and
 X^T Y are accumulated batch by batch, so memory is bounded by one batch and one d x d matrix per
-consumer (d = input channels x kernel size + 1). Consumers are refit level by level
-(``calibration.levels``): each level is measured on the pruned graph with every consumer upstream
-of it already refit, so a layer fits to what it will really see (measuring two dependent layers
-in one pass sends a residual network to chance).
+consumer (d = input channels x kernel size + 1). A conv yields one row per output position per
+image, far more than d unknowns need: each batch contributes a seeded uniform sample of its rows,
+sized so the whole calibration set gives about ``ROWS_PER_UNKNOWN * d`` rows (at least
+``MIN_ROWS``), which bounds the work at O(rows x d^2) whatever the image size.
+Consumers are refit level by level (``calibration.levels``): each level is measured on the
+pruned graph with every consumer upstream of it already refit, so a layer fits to what it will
+really see (measuring two dependent layers in one pass sends a residual network to chance).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +37,8 @@ from irprune.passes.calibration import iterate_exposed, levels
 log = logging.getLogger(__name__)
 
 MAX_DIM = 6000  # skip consumers whose normal equations would exceed ~290 MB (float64)
+ROWS_PER_UNKNOWN = 64
+MIN_ROWS = 16384
 
 
 @dataclass
@@ -74,8 +79,11 @@ def refit_targets(pruned: Graph, original: Graph) -> list[tuple[Node, Node]]:
     return pairs
 
 
-def _conv_cols(node: Node, x: np.ndarray, kernel: tuple[int, ...]) -> np.ndarray | None:
-    """im2col: [N * out_positions, C * prod(kernel)] in W's (C, k...) order."""
+def _conv_cols(
+    node: Node, x: np.ndarray, kernel: tuple[int, ...], pick: _Pick
+) -> np.ndarray | None:
+    """im2col: [rows, C * prod(kernel)] in W's (C, k...) order; the rows (image, output
+    position) are the ones ``pick`` chooses, gathered from a strided view (no full copy)."""
     if node.attr("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return None
     nd = len(kernel)
@@ -95,32 +103,62 @@ def _conv_cols(node: Node, x: np.ndarray, kernel: tuple[int, ...]) -> np.ndarray
     # [N, C, *out, *k] -> [N, *out, C, *k]
     order = (0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
     cols = np.transpose(win, order)
-    return cols.reshape(-1, x.shape[1] * int(np.prod(kernel)))
+    lead = cols.shape[: 1 + nd]
+    rows = pick(int(np.prod(lead)))
+    gathered = cols[np.unravel_index(rows, lead)] if rows is not None else cols
+    return gathered.reshape(-1, x.shape[1] * int(np.prod(kernel)))
 
 
-def _design(node: Node, x: np.ndarray) -> np.ndarray | None:
-    """The matrix X such that the node's output (channels last) is X @ W' (+ bias column)."""
+def _design(node: Node, x: np.ndarray, pick: _Pick) -> tuple[np.ndarray, np.ndarray | None]:
+    """The matrix X such that the node's output (channels last) is X @ W' (+ bias column),
+    on the rows ``pick`` chose (returned too; None = all). Empty X: unsupported."""
     w = node.required(1).const
     assert w is not None
+    rows: list[np.ndarray | None] = [None]
+
+    def remember(n: int) -> np.ndarray | None:
+        rows[0] = pick(n)
+        return rows[0]
+
     if node.op_type == "Conv":
-        cols = _conv_cols(node, x, tuple(w.shape[2:]))
+        cols = _conv_cols(node, x, tuple(w.shape[2:]), remember)
     elif node.op_type == "Gemm":
         if (
             node.attr("transA", 0)
             or node.attr("alpha", 1.0) != 1.0
             or node.attr("beta", 1.0) != 1.0
         ):
-            return None
-        cols = x
+            cols = None
+        else:
+            cols = _take(x, remember(len(x)))
     elif node.op_type == "MatMul":
-        cols = x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, x.shape[-1])
+        cols = _take(flat, remember(len(flat)))
     else:
-        return None
+        cols = None
     if cols is None:
+        return np.zeros((0, 0)), None
+    if node.op_type != "MatMul":
+        cols = np.concatenate([cols, np.ones((len(cols), 1), cols.dtype)], axis=1)
+    return cols.astype(np.float64), rows[0]
+
+
+def _take(a: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    return a if rows is None else a[rows]
+
+
+def _unknowns(node: Node) -> int | None:
+    """Columns of the design matrix: the weight's input side (+ 1 bias column but MatMul)."""
+    w = node.required(1).const
+    if w is None:
         return None
-    if node.op_type == "MatMul":
-        return cols.astype(np.float64)
-    return np.concatenate([cols, np.ones((len(cols), 1), cols.dtype)], axis=1).astype(np.float64)
+    if node.op_type == "Conv":
+        return int(np.prod(w.shape[1:])) + 1
+    if node.op_type == "Gemm":
+        return int(w.shape[1] if node.attr("transB", 0) else w.shape[0]) + 1
+    if node.op_type == "MatMul" and w.ndim == 2:
+        return int(w.shape[0])
+    return None
 
 
 def _target(node: Node, y: np.ndarray) -> np.ndarray:
@@ -200,6 +238,22 @@ def refit(
     return done
 
 
+_Pick = Callable[[int], "np.ndarray | None"]
+
+
+def _picker(share: float, d: int, rng: np.random.Generator) -> _Pick:
+    """Chooses this batch's share of the row budget (see the module doc), without replacement;
+    None keeps every row."""
+    keep = int(np.ceil(max(MIN_ROWS, ROWS_PER_UNKNOWN * d) * share))
+
+    def pick(n: int) -> np.ndarray | None:
+        if keep >= n:
+            return None
+        return np.sort(rng.choice(n, size=keep, replace=False))
+
+    return pick
+
+
 def _refit_chunk(
     pruned: Graph,
     original: Graph,
@@ -210,17 +264,24 @@ def _refit_chunk(
     x_names = [t.pruned.required(0).name for t in chunk]
     y_names = [t.original.outputs[0].name for t in chunk]
     skipped: set[int] = set()
+    total = len(next(iter(calib.values())))
+    rng = np.random.default_rng(0)
     for xs, ys in zip(
         iterate_exposed(pruned, x_names, calib),
         iterate_exposed(original, y_names, calib),
         strict=True,
     ):
         for k, t in enumerate(chunk):
-            a = _design(t.pruned, xs[x_names[k]])
-            if a is None or a.shape[1] > MAX_DIM:
+            x = xs[x_names[k]]
+            d = _unknowns(t.pruned)
+            if d is None or d > MAX_DIM:
                 skipped.add(k)
                 continue
-            b = _target(t.pruned, ys[y_names[k]])[:, t.outputs]
+            a, rows = _design(t.pruned, x, _picker(len(x) / total, d, rng))
+            if not a.size:
+                skipped.add(k)
+                continue
+            b = _take(_target(t.pruned, ys[y_names[k]]), rows)[:, t.outputs]
             t.ata = a.T @ a if t.ata is None else t.ata + a.T @ a
             t.aty = a.T @ b if t.aty is None else t.aty + a.T @ b
     done = 0
