@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from irprune import report as rep
+from irprune.backends import missing_torch
 from irprune.emit import atomic_write, to_model, verify
 from irprune.emit.verify import random_inputs, session
 from irprune.errors import CalibrationError, InvalidModelError, UsageError
@@ -59,7 +60,13 @@ class Result:
         return atomic_write(self.serialized or self.model, path)
 
     def to_torch(self) -> Any:
-        raise NotImplementedError("the torch backend is not available in this version")
+        """The model as a trainable ``irprune.backends.torch.GraphModule`` (torch extra);
+        ``irprune.backends.torch.save`` writes a trained one back through emit + verify."""
+        try:
+            from irprune.backends.torch import from_onnx
+        except ImportError as exc:
+            raise missing_torch("Result.to_torch()", exc) from exc
+        return from_onnx(self.model)
 
 
 @dataclass

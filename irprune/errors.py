@@ -41,3 +41,13 @@ class IRError(IrpruneError):
     """An IR invariant was violated (a bug in a pass, never the user's fault)."""
 
     exit_code = 70
+
+
+class UnsupportedOpError(IrpruneError):
+    """The torch backend has no implementation of an operator (or of one of its modes)."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(UsageError):
+    """An optional extra (torch) is needed for what was asked and is not installed."""
