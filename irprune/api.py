@@ -148,6 +148,7 @@ def prune(
     strategy: str = "global",
     rewrite: str | None = None,
     calib: str | Path | Mapping[str, np.ndarray] | None = None,
+    labels: np.ndarray | Mapping[str, np.ndarray] | None = None,
     round_to: int = DEFAULT_ROUND_TO,
     ignore: Iterable[str | int] = (),
     max_prune: float = DEFAULT_MAX_PRUNE,
@@ -160,7 +161,8 @@ def prune(
 
     ``rewrite`` None picks the default measured best on real data (benchmarks/quality.py, see
     the README): ``reconstruct`` with calibration data, ``compensate`` (from BN statistics)
-    without.
+    without. ``labels`` (rows aligned with ``calib``) give the gradient criteria (``taylor``,
+    ``hessian``) a task loss; without them they use distillation against the original outputs.
     """
     target = _target(target_flops, target_params)
     if rewrite is None:
@@ -189,7 +191,7 @@ def prune(
         )
     t = timer.lap("analysis", t)
     calib_feeds = _calib_feeds(graph, calib)
-    scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds)
+    scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds, labels=labels)
     t = timer.lap("importance", t)
     skip = _resolve_ignore(graph, analysis, ignore)
     curves = None
