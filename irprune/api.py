@@ -81,29 +81,42 @@ class _Timer:
 
 def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
     """Arrays keyed by graph input name, batch on axis 0, checked against the model's inputs."""
+    arrays = read_npz(path)
+    check_inputs(arrays, graph, str(path))
+    return arrays
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
         raise CalibrationError(f"{path}: not a readable .npz file ({exc})") from exc
+
+
+def check_inputs(arrays: Mapping[str, np.ndarray], graph: Graph, where: str) -> None:
+    """``arrays`` are exactly the graph's inputs, with one batch on axis 0 and their dtypes."""
     inputs = {v.name: v for v in graph.inputs if not v.is_const}
     if set(arrays) != set(inputs):
         raise CalibrationError(
-            f"{path}: arrays {sorted(arrays)} do not match the model inputs {sorted(inputs)}"
+            f"{where}: arrays {sorted(arrays)} do not match the model inputs {sorted(inputs)}"
         )
     batches = {arr.shape[0] if arr.ndim else -1 for arr in arrays.values()}
     if len(batches) != 1 or min(batches) < 1:
-        raise CalibrationError(f"{path}: arrays need one common, non-empty batch on axis 0")
+        raise CalibrationError(f"{where}: arrays need one common, non-empty batch on axis 0")
     for name, arr in arrays.items():
         expected = onnx.helper.tensor_dtype_to_np_dtype(inputs[name].dtype)
         if arr.dtype != expected:
-            raise CalibrationError(f"{path}: {name!r} is {arr.dtype}, the model expects {expected}")
+            raise CalibrationError(
+                f"{where}: {name!r} is {arr.dtype}, the model expects {expected}"
+            )
         shape = inputs[name].shape or ()
         if arr.ndim != len(shape) or any(
             isinstance(d, int) and d != s for d, s in zip(shape[1:], arr.shape[1:], strict=True)
         ):
-            raise CalibrationError(f"{path}: {name!r} has shape {arr.shape}, model expects {shape}")
-    return arrays
+            raise CalibrationError(
+                f"{where}: {name!r} has shape {arr.shape}, model expects {shape}"
+            )
 
 
 def _target(target_flops: float | None, target_params: float | None) -> Target:
