@@ -1,7 +1,8 @@
 """Drop + short fine-tuning on the digits nets: test accuracy before and after.
 
 For each net and export style: prune the ONNX file to --target-flops with ``--rewrite drop``
-(the exact masked-equivalence rewrite, no repair), then fine-tune it with ``irprune.finetune``
+(the exact masked-equivalence rewrite, no repair; ``--rewrite reconstruct`` starts from the
+least-squares repair on 256 training images instead), then fine-tune it with ``irprune.finetune``
 on the whole TRAINING split for --epochs, in each mode:
 
 - ``distill``: no labels, knowledge distillation from the original ONNX model;
@@ -30,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from irprune import finetune, prune
-from models.digits import accuracy, cached_digits_onnx, load_digits_split
+from models.digits import accuracy, cached_digits_onnx, calib_subset, load_digits_split
 
 MODES = ("distill", "labels")
 
@@ -40,17 +41,21 @@ def bench(name: str, style: str, args: argparse.Namespace) -> list[dict[str, Any
     test = (split.x_test, split.y_test)
     path = cached_digits_onnx(name, style, args.cache_dir)
     original = accuracy(path, *test)
-    pruned = prune(path, target_flops=args.target, rewrite="drop", measure_latency=False)
+    calib = None if args.rewrite == "drop" else {"input": split.x_train[calib_subset(split)]}
+    pruned = prune(
+        path, target_flops=args.target, rewrite=args.rewrite, calib=calib, measure_latency=False
+    )
     before = accuracy(pruned.model, *test)
     base = {
         "net": name,
         "style": style,
         "target_flops": args.target,
+        "rewrite": args.rewrite,
         "mac_ratio": pruned.report["cost"]["ratio"]["macs"],
         "original": original,
         "pruned": before,
     }
-    print(f"{name} {style}: original {original:.4f}, dropped to {args.target}: {before:.4f}")
+    print(f"{name} {style}: original {original:.4f}, {args.rewrite} {args.target}: {before:.4f}")
     rows = []
     for mode in args.modes:
         labels = split.y_train if mode == "labels" else None
@@ -92,6 +97,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--styles", nargs="+", default=["folded", "explicit"])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--target", type=float, default=0.5)
+    p.add_argument("--rewrite", default="drop", help="drop, or a repair to start from")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--optimizer", default="sgd", choices=("adam", "sgd"))
     p.add_argument("--lr", type=float, default=0.05)
