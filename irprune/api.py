@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from irprune import report as rep
+from irprune.backends import missing_torch
 from irprune.emit import atomic_write, to_model, verify
 from irprune.emit.verify import random_inputs, session
 from irprune.errors import CalibrationError, InvalidModelError, TargetError, UsageError
@@ -62,7 +63,13 @@ class Result:
         return atomic_write(self.serialized or self.model, path)
 
     def to_torch(self) -> Any:
-        raise NotImplementedError("the torch backend is not available in this version")
+        """The model as a trainable ``irprune.backends.torch.GraphModule`` (torch extra);
+        ``irprune.backends.torch.save`` writes a trained one back through emit + verify."""
+        try:
+            from irprune.backends.torch import from_onnx
+        except ImportError as exc:
+            raise missing_torch("Result.to_torch()", exc) from exc
+        return from_onnx(self.model)
 
 
 @dataclass
@@ -77,29 +84,42 @@ class _Timer:
 
 def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
     """Arrays keyed by graph input name, batch on axis 0, checked against the model's inputs."""
+    arrays = read_npz(path)
+    check_inputs(arrays, graph, str(path))
+    return arrays
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
         raise CalibrationError(f"{path}: not a readable .npz file ({exc})") from exc
+
+
+def check_inputs(arrays: Mapping[str, np.ndarray], graph: Graph, where: str) -> None:
+    """``arrays`` are exactly the graph's inputs, with one batch on axis 0 and their dtypes."""
     inputs = {v.name: v for v in graph.inputs if not v.is_const}
     if set(arrays) != set(inputs):
         raise CalibrationError(
-            f"{path}: arrays {sorted(arrays)} do not match the model inputs {sorted(inputs)}"
+            f"{where}: arrays {sorted(arrays)} do not match the model inputs {sorted(inputs)}"
         )
     batches = {arr.shape[0] if arr.ndim else -1 for arr in arrays.values()}
     if len(batches) != 1 or min(batches) < 1:
-        raise CalibrationError(f"{path}: arrays need one common, non-empty batch on axis 0")
+        raise CalibrationError(f"{where}: arrays need one common, non-empty batch on axis 0")
     for name, arr in arrays.items():
         expected = onnx.helper.tensor_dtype_to_np_dtype(inputs[name].dtype)
         if arr.dtype != expected:
-            raise CalibrationError(f"{path}: {name!r} is {arr.dtype}, the model expects {expected}")
+            raise CalibrationError(
+                f"{where}: {name!r} is {arr.dtype}, the model expects {expected}"
+            )
         shape = inputs[name].shape or ()
         if arr.ndim != len(shape) or any(
             isinstance(d, int) and d != s for d, s in zip(shape[1:], arr.shape[1:], strict=True)
         ):
-            raise CalibrationError(f"{path}: {name!r} has shape {arr.shape}, model expects {shape}")
-    return arrays
+            raise CalibrationError(
+                f"{where}: {name!r} has shape {arr.shape}, model expects {shape}"
+            )
 
 
 def _target(
@@ -154,6 +174,7 @@ def prune(
     strategy: str = "global",
     rewrite: str | None = None,
     calib: str | Path | Mapping[str, np.ndarray] | None = None,
+    labels: np.ndarray | Mapping[str, np.ndarray] | None = None,
     round_to: int = DEFAULT_ROUND_TO,
     ignore: Iterable[str | int] = (),
     max_prune: float = DEFAULT_MAX_PRUNE,
@@ -172,6 +193,8 @@ def prune(
     the README): ``reconstruct`` with calibration data, ``compensate`` (from BN statistics)
     without. ``target_latency`` is a fraction of the original's onnxruntime CPU latency at batch
     1 with ``latency_threads`` threads, measured on this machine (see :mod:`passes.latency`).
+    without. ``labels`` (rows aligned with ``calib``) give the gradient criteria (``taylor``,
+    ``hessian``) a task loss; without them they use distillation against the original outputs.
     """
     target = _target(target_flops, target_params, target_latency)
     if rewrite is None:
@@ -200,7 +223,7 @@ def prune(
         )
     t = timer.lap("analysis", t)
     calib_feeds = _calib_feeds(graph, calib)
-    scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds)
+    scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds, labels=labels)
     t = timer.lap("importance", t)
     original_bytes = original.SerializeToString()
     reference_session = _original_session(original_bytes)

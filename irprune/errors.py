@@ -46,3 +46,15 @@ class IRError(IrpruneError):
 class UnsupportedModelError(InvalidModelError):
     """A model the fx frontend cannot lower (a torch module, function or method it can neither
     lower nor keep opaque, or code torch.fx cannot trace); the message names it."""
+
+    exit_code = 3
+
+
+class UnsupportedOpError(IrpruneError):
+    """The torch backend has no implementation of an operator (or of one of its modes)."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(UsageError):
+    """An optional extra (torch) is needed for what was asked and is not installed."""
