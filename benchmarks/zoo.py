@@ -36,11 +36,13 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
 import traceback
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +62,17 @@ from irprune.passes.analysis.channels import analyze  # noqa: E402
 from irprune.passes.analysis.cost import build_cost_model  # noqa: E402
 from irprune.report import latency  # noqa: E402
 from models.zoo import ZOO  # noqa: E402
-from models.zoo_export import cached_zoo_export, code_version  # noqa: E402
+from models.zoo_export import (  # noqa: E402
+    cached_zoo_export,
+    code_version,
+    export_zoo,
+    zoo_cache_filename,
+)
 from tests.helpers import masked_original, rel_diff  # noqa: E402
 from tests.oracles import _MACS, count_macs  # noqa: E402
 
 TOLERANCE = 1e-4
-STATUS_ORDER = ("INVALID", "ERROR", "TARGET", "OK")
+STATUS_ORDER = ("INVALID", "ERROR", "TARGET", "OK", "SKIP")
 
 
 class Invalid(Exception):
@@ -202,16 +209,53 @@ def bench_one(name: str, style: str, args: argparse.Namespace) -> dict[str, Any]
     row: dict[str, Any] = {"model": name, "style": style, "irprune_source_hash": source_hash()}
     try:
         start = time.perf_counter()
-        path = cached_zoo_export(name, style, args.cache_dir)  # type: ignore[arg-type]
+        path = export_path(name, style, args)
         row.update(path=str(path), export_or_cache_s=time.perf_counter() - start)
         original = onnx.load(path)
         row["macs_before"] = runtime_macs(original)
         row["oracle_macs_before"], row["oracle_error"] = _oracle_macs(original)
         row.update(analysis_summary(original))
         row["irprune_cost_vs_runtime"] = row["macs_irprune_before"] / row["macs_before"]
+    except NotApplicable as exc:
+        return {**row, "status": "SKIP", "message": str(exc).splitlines()[0]}
     except Exception as exc:
         return {**row, "status": "ERROR", "message": f"harness: {type(exc).__name__}: {exc}"}
     return _prune_and_check(row, path, original, args)
+
+
+class NotApplicable(Exception):
+    """The model cannot be built at the requested size (its status is SKIP)."""
+
+
+def export_path(name: str, style: str, args: argparse.Namespace) -> Path:
+    """The cached export; with ``--image-size N`` the image models re-exported at N pixels
+    (the long side), since the zoo's own 32-64 px sizes make every model overhead-bound."""
+    if args.image_size is None:
+        return cached_zoo_export(name, style, args.cache_dir)  # type: ignore[arg-type]
+    spec = ZOO[name]
+    images = [i for i in spec.inputs if len(i.shape) == 4 and i.dtype == "float32"]
+    if spec.family == "transformers" or len(images) != len(spec.inputs):
+        raise NotApplicable("not an image model built from code at any size")
+    scale = args.image_size / max(images[0].shape[2:])
+    inputs = tuple(
+        replace(i, shape=(*i.shape[:2], *(round(d * scale) for d in i.shape[2:])))
+        for i in spec.inputs
+    )
+    target = args.cache_dir / f"px{args.image_size}_{zoo_cache_filename(name, style)}"  # type: ignore[arg-type]
+    if target.is_file():
+        return target
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    ZOO[name] = replace(spec, inputs=inputs)
+    try:
+        export_zoo(name, tmp, style)  # type: ignore[arg-type]
+        os.replace(tmp, target)
+    except Exception as exc:
+        raise NotApplicable(f"export at {args.image_size} px failed: {exc}") from exc
+    finally:
+        ZOO[name] = spec
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def _prune_and_check(
@@ -313,7 +357,14 @@ def print_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         " MAC count of the original / runtime_macs ('=' within 0.1%); spdup = ORT latency"
         f" speedup (1 thread, median of {args.runs})"
     )
-    for status in ("INVALID", "ERROR", "TARGET"):
+    speedups = sorted(r["latency"]["speedup"] for r in rows if r.get("latency"))
+    if speedups:
+        print(
+            f"speedup over {len(speedups)} runs: median {statistics.median(speedups):.2f}x,"
+            f" min {speedups[0]:.2f}x, max {speedups[-1]:.2f}x,"
+            f" slower than the original: {sum(x < 1 for x in speedups)}"
+        )
+    for status in ("INVALID", "ERROR", "TARGET", "SKIP"):
         bad = [r for r in rows if r["status"] == status]
         if not bad:
             continue
@@ -340,6 +391,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--no-latency", action="store_true")
+    p.add_argument(
+        "--image-size", type=int, help="re-export the image models at this size (long side, px)"
+    )
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "irprune-zoo")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "zoo.json")
     args = p.parse_args(argv)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -20,14 +21,15 @@ from irprune import report as rep
 from irprune.backends import missing_torch
 from irprune.emit import atomic_write, to_model, verify
 from irprune.emit.verify import random_inputs, session
-from irprune.errors import CalibrationError, InvalidModelError, UsageError
+from irprune.errors import CalibrationError, InvalidModelError, TargetError, UsageError
 from irprune.frontends.onnx import import_model, load_model
 from irprune.ir import Graph
 from irprune.passes.allocation import STRATEGIES, Plan, Target, allocate
 from irprune.passes.analysis.channels import ChannelAnalysis, analyze
 from irprune.passes.analysis.cost import CostModel, build_cost_model
 from irprune.passes.fold import fold_constants
-from irprune.passes.importance import CRITERIA, score
+from irprune.passes.importance import CRITERIA, Scores, score
+from irprune.passes.latency import LatencyModel, build_latency_model
 from irprune.passes.rewrite.drop import drop
 from irprune.passes.rewrite.merge import merge
 from irprune.passes.rewrite.recalibrate import (
@@ -106,13 +108,21 @@ def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _target(target_flops: float | None, target_params: float | None) -> Target:
-    if (target_flops is None) == (target_params is None):
-        raise UsageError("give exactly one of target_flops / target_params")
-    metric, value = (
-        ("macs", target_flops) if target_flops is not None else ("params", target_params)
-    )
-    assert value is not None
+def _target(
+    target_flops: float | None, target_params: float | None, target_latency: float | None = None
+) -> Target:
+    given = [
+        (metric, value)
+        for metric, value in (
+            ("macs", target_flops),
+            ("params", target_params),
+            ("latency", target_latency),
+        )
+        if value is not None
+    ]
+    if len(given) != 1:
+        raise UsageError("give exactly one of target_flops / target_params / target_latency")
+    metric, value = given[0]
     if not 0 < value <= 1:
         raise UsageError(f"target must be in (0, 1], got {value:g}")
     return Target(metric, float(value))
@@ -144,6 +154,7 @@ def prune(
     *,
     target_flops: float | None = None,
     target_params: float | None = None,
+    target_latency: float | None = None,
     criterion: str = "l1",
     strategy: str = "global",
     rewrite: str | None = None,
@@ -160,9 +171,10 @@ def prune(
 
     ``rewrite`` None picks the default measured best on real data (benchmarks/quality.py, see
     the README): ``reconstruct`` with calibration data, ``compensate`` (from BN statistics)
-    without.
+    without. ``target_latency`` is a fraction of the original's onnxruntime CPU latency at batch
+    1 with ``latency_threads`` threads, measured on this machine (see :mod:`passes.latency`).
     """
-    target = _target(target_flops, target_params)
+    target = _target(target_flops, target_params, target_latency)
     if rewrite is None:
         rewrite = "reconstruct" if calib is not None else "compensate"
     _check_choice("criterion", criterion, CRITERIA)
@@ -191,22 +203,31 @@ def prune(
     calib_feeds = _calib_feeds(graph, calib)
     scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds)
     t = timer.lap("importance", t)
-    skip = _resolve_ignore(graph, analysis, ignore)
+    original_bytes = original.SerializeToString()
+    reference_session = _original_session(original_bytes)
+    feeds = _feeds(reference_session, calib_feeds, seed)
+    latency_feeds = {k: v[:1] for k, v in feeds.items()}
+    latency_model = None
+    if target.metric == "latency":
+        latency_model = build_latency_model(
+            graph, analysis, cost, original_bytes, latency_feeds,
+            round_to=round_to, max_prune=max_prune, threads=latency_threads,
+            probe=lambda widths: _probe(original, analysis, widths),
+        )  # fmt: skip
+        t = timer.lap("latency_model", t)
     curves = None
     if strategy == "sensitivity":
         assert calib_feeds is not None
         curves = measure(_import(original), analysis, scores, calib_feeds)
-    plan = allocate(
-        analysis,
-        cost,
-        scores,
-        target,
+    allocation = dict(
         strategy=strategy,
         round_to=round_to,
         max_prune=max_prune,
-        ignore=skip,
+        ignore=_resolve_ignore(graph, analysis, ignore),
         curves=curves,
+        latency=latency_model,
     )
+    plan = allocate(analysis, cost, scores, target, **allocation)  # type: ignore[arg-type]
     t = timer.lap("allocation", t)
     settings = dict(
         round_to_applied=plan.round_to,
@@ -216,35 +237,127 @@ def prune(
         round_to=round_to,
         max_prune=max_prune,
         seed=seed,
-        ignore=sorted(skip),
+        ignore=sorted(allocation["ignore"]),  # type: ignore[call-overload]
     )
     if dry_run:
         report = _report(analysis, cost, plan, target, settings, timer)
         return Result(original, report, analysis, plan)
-    original_bytes = original.SerializeToString()
-    reference_session = _original_session(original_bytes)
-    feeds = _feeds(reference_session, calib_feeds, seed)
     reference = reference_session.run(None, feeds)
     del reference_session
     t = timer.lap("reference", t)
-    _rewrite(graph, original, analysis, plan, rewrite, calib_feeds, seed)
-    graph.verify()
-    t = timer.lap("rewrite", t)
-    pruned = to_model(graph)
-    pruned_bytes = pruned.SerializeToString()
-    t = timer.lap("emit", t)
-    outputs = verify(pruned_bytes, feeds)
-    t = timer.lap("verify", t)
+    build = _Build(original, graph, analysis, rewrite, calib_feeds, seed, timer, feeds)
+    pruned_bytes, outputs = build.run(plan)
     latency = None
-    if measure_latency:
-        latency = rep.latency(original_bytes, pruned_bytes, feeds, threads=latency_threads)
+    if latency_model is not None:
+        plan, pruned_bytes, outputs, latency = _meet_latency(
+            build, (plan, pruned_bytes, outputs), target, latency_model, allocation, scores,
+            latency_feeds,
+        )  # fmt: skip
+    elif measure_latency:
+        t = time.perf_counter()
+        latency = rep.latency(original_bytes, pruned_bytes, latency_feeds, threads=latency_threads)
         timer.lap("latency", t)
     report = _report(analysis, cost, plan, target, settings, timer)
     report["fidelity"] = rep.fidelity(reference, outputs)
     report["fidelity_inputs"] = "calibration data" if calib is not None else "random inputs"
     if latency is not None:
         report["latency"] = latency
+    pruned = onnx.ModelProto.FromString(pruned_bytes)
     return Result(pruned, report, analysis, plan, serialized=pruned_bytes)
+
+
+@dataclass
+class _Build:
+    """Rewrite, emit and verify one plan; the first build uses the analysed graph, later ones
+    (latency corrections) a fresh import of the original."""
+
+    original: onnx.ModelProto
+    graph: Graph | None
+    analysis: ChannelAnalysis
+    rewrite: str
+    calib: dict[str, np.ndarray] | None
+    seed: int
+    timer: _Timer
+    feeds: dict[str, np.ndarray] | None = None
+
+    def run(self, plan: Plan) -> tuple[bytes, list[np.ndarray]]:
+        t = time.perf_counter()
+        graph = self.graph if self.graph is not None else _import(self.original)
+        self.graph = None
+        _rewrite(graph, self.original, self.analysis, plan, self.rewrite, self.calib, self.seed)
+        graph.verify()
+        t = self.timer.lap("rewrite", t)
+        pruned_bytes = to_model(graph).SerializeToString()
+        t = self.timer.lap("emit", t)
+        outputs = verify(pruned_bytes, self.feeds)
+        self.timer.lap("verify", t)
+        return pruned_bytes, outputs
+
+
+def _probe(original: onnx.ModelProto, analysis: ChannelAnalysis, widths: np.ndarray) -> bytes:
+    """The original with each group cut to ``widths`` (its first channels), for timing only."""
+    kept = {g.id: np.arange(int(widths[g.id])) for g in analysis.groups if widths[g.id] < g.size}
+    graph = _import(original)
+    drop(graph, analysis, Plan(widths=widths, kept=MappingProxyType(kept), ratio=0.0))
+    return to_model(graph).SerializeToString()
+
+
+LATENCY_WINDOW = (0.03, 0.01)  # a measured ratio in [F - 0.03, F + 0.01] is accepted
+LATENCY_ROUNDS = 3
+
+
+def _meet_latency(
+    build: _Build,
+    first: tuple[Plan, bytes, list[np.ndarray]],
+    target: Target,
+    model: LatencyModel,
+    allocation: dict[str, Any],
+    scores: Scores,
+    feeds: dict[str, np.ndarray],
+) -> tuple[Plan, bytes, list[np.ndarray], dict[str, Any]]:
+    """Measure the pruned model; while its latency ratio is outside the window, scale the
+    predicted budget by the measured error and rebuild. Keeps the least-pruned model that meets
+    the bound (else the fastest) and records every round in the report."""
+    original = build.original.SerializeToString()
+    below, above = LATENCY_WINDOW
+    fraction, rounds = target.fraction, []
+    candidates: list[tuple[float, tuple[Plan, bytes, list[np.ndarray], dict[str, Any]]]] = []
+    plan, pruned_bytes, outputs = first
+    for i in range(LATENCY_ROUNDS):
+        t = time.perf_counter()
+        measured = rep.latency(original, pruned_bytes, feeds, threads=model.threads)
+        build.timer.lap("latency", t)
+        ratio = measured["after_ms"] / measured["before_ms"]
+        rounds.append({"predicted": plan.ratio, "measured": ratio, "budget": fraction})
+        candidates.append((ratio, (plan, pruned_bytes, outputs, measured)))
+        inside = target.fraction - below <= ratio <= target.fraction + above
+        if inside or i == LATENCY_ROUNDS - 1:
+            break
+        fraction = min(fraction * target.fraction / ratio, 1.0)
+        log.info(
+            "latency ratio %.3f, target %.3f: budget -> %.3f", ratio, target.fraction, fraction
+        )
+        t = time.perf_counter()
+        try:
+            plan = allocate(
+                build.analysis, model.cost, scores, Target("latency", fraction), **allocation
+            )
+        except TargetError as exc:  # the corrected budget is below what the groups can reach
+            log.info("latency correction stops: %s", exc)
+            break
+        build.timer.lap("allocation", t)
+        pruned_bytes, outputs = build.run(plan)
+    meeting = [c for c in candidates if c[0] <= target.fraction + above]
+    ratio, best = (
+        max(meeting, key=lambda c: c[0]) if meeting else min(candidates, key=lambda c: c[0])
+    )
+    best[3].update(rounds=rounds, predicted_ratio=best[0].ratio, met=bool(meeting))
+    if not meeting:
+        log.warning(
+            "latency target %.3f not reached in %d rounds: best measured %.3f",
+            target.fraction, len(rounds), ratio,
+        )  # fmt: skip
+    return best
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:

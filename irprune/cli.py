@@ -46,6 +46,12 @@ def _prune_parser() -> _Parser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-flops", type=_fraction, metavar="F")
     target.add_argument("--target-params", type=_fraction, metavar="F")
+    target.add_argument(
+        "--target-latency",
+        type=_fraction,
+        metavar="F",
+        help="fraction of the original onnxruntime CPU latency (batch 1, --threads), measured here",
+    )
     p.add_argument("-o", "--output", type=Path, help="default: MODEL.pruned.onnx")
     p.add_argument("--criterion", choices=CRITERIA, default="l1")
     p.add_argument("--strategy", choices=STRATEGIES, default="global")
@@ -89,6 +95,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         args.model,
         target_flops=args.target_flops,
         target_params=args.target_params,
+        target_latency=args.target_latency,
         criterion=args.criterion,
         strategy=args.strategy,
         rewrite=args.rewrite,

@@ -39,7 +39,7 @@ def latency(
     threads: int = 1,
     runs: int = 20,
     warmup: int = 3,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Median onnxruntime CPU latency (ms) of both models: all graph optimizations on (what users
     deploy), spinning off, runs interleaved with the order alternating every iteration."""
     sessions = [session(m, threads=threads, optimize=True) for m in (original, pruned)]
@@ -80,6 +80,13 @@ def format_table(report: Mapping[str, Any]) -> str:
         lines.append(
             f"{'latency':10}{lat['before_ms']:>10.2f}ms{lat['after_ms']:>10.2f}ms"
             f"{lat['speedup']:>8.2f}x  (onnxruntime CPU, {lat['threads']} thread)"
+        )
+    if lat and "rounds" in lat:
+        last = lat["after_ms"] / lat["before_ms"]
+        lines.append(
+            f"latency target {report['target']['fraction']:g}: measured {last:.3f}"
+            f" (predicted {lat['predicted_ratio']:.3f}, {len(lat['rounds'])} round(s))"
+            + ("" if lat["met"] else "  NOT MET")
         )
     settings = report.get("settings", {})
     if settings.get("round_to_applied", settings.get("round_to")) != settings.get("round_to"):

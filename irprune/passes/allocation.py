@@ -33,6 +33,7 @@ from irprune.errors import TargetError
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.cost import CostModel
 from irprune.passes.importance import Scores
+from irprune.passes.latency import LatencyModel
 from irprune.passes.sensitivity import Curves, predicted
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ STRATEGIES = ("global", "uniform", "sensitivity")
 
 @dataclass(frozen=True)
 class Target:
-    metric: str  # "macs" or "params"
+    metric: str  # "macs", "params" or "latency" (predicted by passes.latency)
     fraction: float
 
 
@@ -84,13 +85,14 @@ def allocate(
     max_prune: float = 0.9,
     ignore: Iterable[int] = (),
     curves: Curves | None = None,
+    latency: LatencyModel | None = None,
 ) -> Plan:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}")
     ignored = set(ignore)
     ids = [g.id for g in analysis.prunable if g.id not in ignored and g.id in scores.by_group]
     base = cost.base_widths.copy()
-    measure = cost.macs_at if target.metric == "macs" else cost.params_at
+    measure = _measure(cost, target, latency)
     total = measure(base)
     budget = target.fraction * total
     sizes = base[ids]
@@ -122,7 +124,8 @@ def allocate(
     widths = base.copy()
     widths[ids] = sub
     ratio = measure(widths) / total if total else 1.0
-    if ratio < target.fraction - TOLERANCE - 1e-12:
+    # A latency target is a prediction the caller corrects by measuring: only its bound holds.
+    if target.metric != "latency" and ratio < target.fraction - TOLERANCE - 1e-12:
         above = _next_step_up(sub, allowed, at, total)
         raise TargetError(
             f"cannot land the {target.metric} target {target.fraction:g} within its "
@@ -137,6 +140,18 @@ def allocate(
         if w < len(s)
     }
     return Plan(widths=widths, kept=MappingProxyType(kept), ratio=ratio, round_to=allowed.n)
+
+
+def _measure(
+    cost: CostModel, target: Target, latency: LatencyModel | None
+) -> Callable[[np.ndarray], float]:
+    if target.metric == "macs":
+        return cost.macs_at
+    if target.metric == "params":
+        return cost.params_at
+    if target.metric == "latency" and latency is not None:
+        return latency.at
+    raise ValueError(f"no cost model for the {target.metric} target")
 
 
 def _check_feasible(

@@ -15,7 +15,9 @@ run time from the batch are still known. A dim that stays unknown is counted as 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
@@ -59,6 +61,13 @@ class CostModel:
     params: _Terms
     bytes: _Terms
     unknown: tuple[str, ...] = ()  # values whose dims the MAC count could not see (counted as 1)
+    # (value name, axis) -> row of ``factor_values``: the size of every axis with a layout
+    axis_factor: Mapping[tuple[str, int], int] = field(default_factory=dict)
+
+    def axis_size(self, values: np.ndarray, value: Value, axis: int) -> float | None:
+        """One axis's size under the factor ``values``; the static dim where it has no layout."""
+        row = self.axis_factor.get((value.name, axis % max(value.rank or 1, 1)))
+        return float(values[row]) if row is not None else value.sample_dim(axis)
 
     def factor_values(self, widths: np.ndarray) -> np.ndarray:
         contrib = self.f_coef * widths[self.f_cols]
@@ -150,4 +159,5 @@ def build_cost_model(graph: Graph, analysis: ChannelAnalysis) -> CostModel:
         params=params,
         bytes=nbytes,
         unknown=tuple(sorted(b.unknown)),
+        axis_factor=MappingProxyType(dict(b.index)),
     )
