@@ -83,7 +83,9 @@ class _Timer:
 
 def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
     """Arrays keyed by graph input name, batch on axis 0, checked against the model's inputs."""
-    return check_inputs(_read_npz(path), graph, str(path))
+    arrays = read_npz(path)
+    check_inputs(arrays, graph, str(path))
+    return arrays
 
 
 def load_training(
@@ -91,16 +93,16 @@ def load_training(
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Training data: the model's inputs as for calibration, plus optional integer class
     labels under the key ``labels`` (one per sample)."""
-    arrays = _read_npz(path)
+    arrays = read_npz(path)
     y = arrays.pop(labels, None)
-    feeds = check_inputs(arrays, graph, str(path))
-    n = len(next(iter(feeds.values())))
+    check_inputs(arrays, graph, str(path))
+    n = len(next(iter(arrays.values())))
     if y is not None and (y.shape != (n,) or not np.issubdtype(y.dtype, np.integer)):
         raise CalibrationError(f"{path}: {labels!r} must be {n} integer class labels")
-    return feeds, y
+    return arrays, y
 
 
-def _read_npz(path: str | Path) -> dict[str, np.ndarray]:
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
@@ -108,31 +110,29 @@ def _read_npz(path: str | Path) -> dict[str, np.ndarray]:
         raise CalibrationError(f"{path}: not a readable .npz file ({exc})") from exc
 
 
-def check_inputs(arrays: dict[str, np.ndarray], graph: Graph, source: str) -> dict[str, np.ndarray]:
-    """``arrays`` must hold exactly the graph inputs: same dtypes, ranks and static dims, and
-    one common non-empty batch on axis 0."""
+def check_inputs(arrays: Mapping[str, np.ndarray], graph: Graph, where: str) -> None:
+    """``arrays`` are exactly the graph's inputs, with one batch on axis 0 and their dtypes."""
     inputs = {v.name: v for v in graph.inputs if not v.is_const}
     if set(arrays) != set(inputs):
         raise CalibrationError(
-            f"{source}: arrays {sorted(arrays)} do not match the model inputs {sorted(inputs)}"
+            f"{where}: arrays {sorted(arrays)} do not match the model inputs {sorted(inputs)}"
         )
     batches = {arr.shape[0] if arr.ndim else -1 for arr in arrays.values()}
     if len(batches) != 1 or min(batches) < 1:
-        raise CalibrationError(f"{source}: arrays need one common, non-empty batch on axis 0")
+        raise CalibrationError(f"{where}: arrays need one common, non-empty batch on axis 0")
     for name, arr in arrays.items():
         expected = onnx.helper.tensor_dtype_to_np_dtype(inputs[name].dtype)
         if arr.dtype != expected:
             raise CalibrationError(
-                f"{source}: {name!r} is {arr.dtype}, the model expects {expected}"
+                f"{where}: {name!r} is {arr.dtype}, the model expects {expected}"
             )
         shape = inputs[name].shape or ()
         if arr.ndim != len(shape) or any(
             isinstance(d, int) and d != s for d, s in zip(shape[1:], arr.shape[1:], strict=True)
         ):
             raise CalibrationError(
-                f"{source}: {name!r} has shape {arr.shape}, model expects {shape}"
+                f"{where}: {name!r} has shape {arr.shape}, model expects {shape}"
             )
-    return arrays
 
 
 def _target(
@@ -186,6 +186,7 @@ def prune(
     strategy: str = "global",
     rewrite: str | None = None,
     calib: str | Path | Mapping[str, np.ndarray] | None = None,
+    labels: np.ndarray | Mapping[str, np.ndarray] | None = None,
     round_to: int = DEFAULT_ROUND_TO,
     ignore: Iterable[str | int] = (),
     max_prune: float = DEFAULT_MAX_PRUNE,
@@ -202,9 +203,11 @@ def prune(
 
     ``rewrite`` None picks the default measured best on real data (benchmarks/quality.py, see
     the README): ``reconstruct`` with calibration data, ``compensate`` (from BN statistics)
-    without. ``csgd_epochs`` > 0 with ``rewrite="merge"`` trains the clusters together first
-    (C-SGD, needs torch) on ``data``: an .npz path or arrays keyed by input name, plus optional
-    integer ``labels`` (without them the loss is distillation from the original outputs).
+    without. ``labels`` (rows aligned with ``calib``) give the gradient criteria (``taylor``,
+    ``hessian``) a task loss; without them they use distillation against the original outputs.
+    ``csgd_epochs`` > 0 with ``rewrite="merge"`` trains the clusters together first (C-SGD,
+    needs torch) on ``data``: an .npz path or arrays keyed by input name, plus optional integer
+    ``labels`` (without them the loss is distillation from the original outputs).
     ``target_latency`` is a fraction of the original's onnxruntime CPU latency at batch
     1 with ``latency_threads`` threads, measured on this machine (see :mod:`passes.latency`).
     """
@@ -237,7 +240,7 @@ def prune(
         )
     t = timer.lap("analysis", t)
     calib_feeds = _calib_feeds(graph, calib)
-    scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds)
+    scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds, labels=labels)
     t = timer.lap("importance", t)
     original_bytes = original.SerializeToString()
     reference_session = _original_session(original_bytes)
@@ -425,13 +428,12 @@ def _train_csgd(
         from irprune import csgd
     except ImportError as exc:
         raise UsageError("C-SGD training needs torch: pip install 'irprune[torch]'") from exc
-    folded = csgd.canonicalize_bn(graph)
     clusters = cluster_groups(graph, analysis, plan, seed=seed)
     result = csgd.train(
         graph, analysis, clusters, options.data, labels=options.labels, epochs=options.epochs,
         lr=options.lr, epsilon=options.epsilon, seed=seed,
     )  # fmt: skip
-    info = {**vars(result), "bn_folded": folded, "labels": options.labels is not None}
+    info = {**vars(result), "labels": options.labels is not None}
     return clusters, info
 
 
@@ -509,7 +511,8 @@ def _training_data(
         return load_training(data, graph)
     arrays = {k: np.asarray(v) for k, v in data.items()}
     labels = arrays.pop("labels", None)
-    return check_inputs(arrays, graph, "data"), labels
+    check_inputs(arrays, graph, "data")
+    return arrays, labels
 
 
 def _feeds(

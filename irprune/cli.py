@@ -1,4 +1,5 @@
-"""Command line: ``irprune MODEL --target-flops F``, ``irprune inspect MODEL``, ``irprune demo``.
+"""Command line: ``irprune MODEL --target-flops F``, ``irprune inspect MODEL``, ``irprune demo``,
+``irprune finetune MODEL --data train.npz [--teacher ORIGINAL.onnx] [--labels KEY] --epochs N``.
 
 Exit codes: 0 success; 2 bad arguments or input files we cannot use; 3 not a readable model;
 4 the target cannot be met (the message says what blocked it); 5 the rewritten model failed
@@ -178,6 +179,71 @@ def _run_demo(argv: Sequence[str]) -> int:
     return _run_prune(ns)
 
 
+def _run_finetune(argv: Sequence[str]) -> int:
+    from irprune.finetune import OPTIMIZERS, finetune
+
+    p = _Parser(prog="irprune finetune", description="Fine-tune a (pruned) ONNX model.")
+    p.add_argument("model", type=Path, help="the ONNX model to train (never modified)")
+    p.add_argument("--data", type=Path, required=True, help=".npz of inputs keyed by input name")
+    p.add_argument("--teacher", type=Path, help="the original model: distil from its outputs")
+    p.add_argument("--labels", metavar="KEY", help="the labels array in --data (task loss)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, help="default: 1e-3 (adam), 1e-2 (sgd)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
+    p.add_argument("--freeze-bn", action="store_true", help="keep BN running statistics")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", type=Path, help="default: MODEL.finetuned.onnx")
+    _verbosity(p)
+    args = p.parse_args(argv)
+    _logging(args)
+    for path in (args.model, args.data, args.teacher):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    output = args.output or args.model.with_name(args.model.stem + ".finetuned.onnx")
+    if output.resolve() in {args.model.resolve(), args.data.resolve()}:
+        raise UsageError("the output path is an input file; choose another with -o")
+    if not output.resolve().parent.is_dir():
+        raise UsageError(f"{output}: the folder {output.parent} does not exist")
+    bar = _Progress() if sys.stderr.isatty() and not args.quiet else None
+    result = finetune(
+        args.model,
+        args.data,
+        teacher=args.teacher,
+        labels=args.labels,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        temperature=args.temperature,
+        freeze_bn=args.freeze_bn,
+        seed=args.seed,
+        progress=bar,
+    )
+    result.save(output)
+    if not args.quiet:
+        for epoch, loss in enumerate(result.losses, 1):
+            print(f"epoch {epoch}: mean loss {loss:.4f}")
+        print(f"fine-tuned in {result.seconds:.1f} s; wrote {output}")
+    return 0
+
+
+class _Progress:
+    """A one-line progress bar on stderr (only used when stderr is a terminal)."""
+
+    def __call__(self, epoch: int, step: int, steps: int, loss: float) -> None:
+        done = int(20 * (step + 1) / steps)
+        bar = "#" * done + "." * (20 - done)
+        end = "\n" if step + 1 == steps else ""
+        print(
+            f"\repoch {epoch + 1} [{bar}] {step + 1}/{steps} loss {loss:.4f}",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(level=level, format="irprune: %(levelname)s: %(message)s")
@@ -191,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_inspect(argv[1:])
         if argv and argv[0] == "demo":
             return _run_demo(argv[1:])
+        if argv and argv[0] == "finetune":
+            return _run_finetune(argv[1:])
         args = _prune_parser().parse_args(argv)
         _logging(args)
         return _run_prune(args)

@@ -14,11 +14,11 @@ update: with ``C(i)`` the cluster of row ``i`` along the channel axis,
 so the differences inside a cluster shrink by ``(1 - eps)`` every step while the centres follow
 the loss. The loss is cross-entropy on ``labels`` when given, else distillation against the
 model's own outputs before training (KL divergence of the softmax for 2-D outputs, MSE
-otherwise), so unlabeled inputs suffice. BatchNormalization nodes first get their running
-statistics folded into scale and shift (``mean = 0``, ``var = 1 - epsilon``: the same function),
-so a channel is determined by trainable values alone and identical members are truly identical.
-After training the merge rewrite (same clusters) keeps one channel per cluster; the closer the
-members, the closer the merge is to lossless.
+otherwise), so unlabeled inputs suffice. BatchNormalization trains as it does in torch, with
+batch statistics (updating the running ones): members whose filters have become identical get
+identical statistics, and the differences left in the running ones decay by the BN momentum
+every step. After training the merge rewrite (same clusters) keeps one channel per cluster; the
+closer the members, the closer the merge is to lossless.
 """
 
 from __future__ import annotations
@@ -58,28 +58,6 @@ class _Tie:
     axis: int
     labels: Tensor  # [axis length] int64
     count: Tensor  # [number of labels] members per label
-
-
-def canonicalize_bn(graph: Graph) -> int:
-    """Fold every BatchNormalization's running statistics into its scale and shift (same
-    function: ``s' = s / sqrt(var + eps)``, ``b' = b - s' * mean``, ``mean = 0``,
-    ``var = 1 - eps``). Returns the number of nodes changed."""
-    changed = 0
-    for node in graph.nodes:
-        if node.key != ("", "BatchNormalization") or len(node.inputs) < 5:
-            continue
-        values = [node.input(i) for i in range(1, 5)]
-        if any(v is None or v.const is None or len(v.uses) != 1 for v in values):
-            continue
-        scale, bias, mean, var = (v.const.astype(np.float64) for v in values)  # type: ignore[union-attr]
-        eps = float(node.attrs.get("epsilon", 1e-5))
-        s = scale / np.sqrt(var + eps)
-        dtype = values[0].const.dtype  # type: ignore[union-attr]
-        new = (s, bias - s * mean, np.zeros_like(mean), np.full_like(var, 1.0 - eps))
-        for v, data in zip(values, new, strict=True):
-            v.const = data.astype(dtype)  # type: ignore[union-attr]
-        changed += 1
-    return changed
 
 
 def ties(
@@ -147,12 +125,13 @@ def train(
     """Centripetal training of ``graph`` in place (its constants are updated), see the module
     doc. ``data``: arrays keyed by graph input name, batch on axis 0."""
     torch.manual_seed(seed)
-    module = from_graph(graph)
+    module = from_graph(graph).eval()
+    targets = torch.from_numpy(labels) if labels is not None else _teacher(module, data, batch)
     module.train()
+    module.train_batch_norm(True)
     params = dict(module.named_weights())
     tied = ties(graph, analysis, clusters, set(params))
     n = len(next(iter(data.values())))
-    targets = torch.from_numpy(labels) if labels is not None else _teacher(module, data, batch)
     opt = torch.optim.SGD(list(params.values()), lr=lr, momentum=0.9)
     steps_per_epoch = -(-n // batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)

@@ -41,18 +41,8 @@ def _setup(seed: int = 0) -> tuple[Any, ...]:
     return graph, analysis, plan, data
 
 
-def test_bn_folding_keeps_the_function() -> None:
-    graph, _, _, data = _setup()
-    before = _run(graph, data)
-    assert csgd.canonicalize_bn(graph) > 0
-    assert rel_diff(_run(graph, data), before) < 1e-5
-    bn = next(n for n in graph.nodes if n.op_type == "BatchNormalization")
-    assert not np.any(bn.input(3).const)  # running mean is zero now
-
-
 def test_centripetal_training_makes_the_merge_lossless() -> None:
     graph, analysis, plan, data = _setup()
-    csgd.canonicalize_bn(graph)
     clusters = cluster_groups(graph, analysis, plan)
     assert any(len(c) > 1 for cs in clusters.values() for c in cs)
     result = csgd.train(graph, analysis, clusters, data, epochs=40, lr=0.01, epsilon=0.1, batch=32)
@@ -78,7 +68,6 @@ def test_api_trains_then_merges() -> None:
     )  # fmt: skip
     info = result.report["csgd"]
     assert info["epochs"] == 2 and info["steps"] == 4 and not info["labels"]
-    assert info["bn_folded"] > 0
     assert 0.48 <= result.report["cost"]["ratio"]["macs"] <= 0.5
 
 

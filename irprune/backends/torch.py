@@ -10,8 +10,9 @@
   biases, layer scale, position embeddings). ``is_weight`` is the rule; pass ``trainable=`` to
   choose differently;
 - **buffers**: everything else (integer and shape constants, scalars such as epsilons and the
-  GELU constants, BatchNormalization running statistics: BN always runs in its inference form,
-  in ``train()`` mode too, like the ONNX graph it came from).
+  GELU constants, BatchNormalization running statistics: BN runs in its inference form, in
+  ``train()`` mode too, like the ONNX graph it came from, unless ``train_batch_norm()`` asks
+  for batch statistics in ``train()`` mode, which also updates the running ones).
 
 Parameters and buffers are found by the IR value name: ``module.tensor(name)``,
 ``module.named_weights()``. ``module.to_graph()`` returns a copy of the graph holding the
@@ -37,7 +38,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from irprune.backends.torch_ops import OPS, Call, OpFn
+from irprune.backends.torch_ops import OPS, Call, OpFn, batch_norm_training
 from irprune.emit import atomic_write, to_model, verify
 from irprune.errors import UnsupportedOpError, UsageError
 from irprune.frontends.onnx import import_model, load_model
@@ -60,6 +61,7 @@ WEIGHT_ROLES: Mapping[tuple[str, str], frozenset[int]] = {
     ("", "PRelu"): frozenset({1}),
     ("", "Gather"): frozenset({0}),
 }
+_BN = ("", "BatchNormalization")
 ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Sum", "Mean", "Max", "Min", "Where"})
 _FLOATS = frozenset({1, 10, 11, 16})  # float, float16, double, bfloat16
 
@@ -107,6 +109,13 @@ class GraphModule(nn.Module):
         for value in graph.constants():
             self._add_constant(value, rule(graph, value))
         self._steps = _plan(graph)
+        self.batch_norm_statistics = False
+
+    def train_batch_norm(self, enabled: bool = True) -> GraphModule:
+        """In ``train()`` mode, run BatchNormalization on batch statistics and update its running
+        statistics (standard fine-tuning); off by default, and never in ``eval()`` mode."""
+        self.batch_norm_statistics = enabled
+        return self
 
     # --- constants --------------------------------------------------------------------------------
     def _add_constant(self, value: Value, trainable: bool) -> None:
@@ -161,9 +170,11 @@ class GraphModule(nn.Module):
             k: v if isinstance(v, Tensor) else torch.from_numpy(np.asarray(v))
             for k, v in feeds.items()
         }
+        bn_batch = self.training and self.batch_norm_statistics
         for step in self._steps:
+            fn = batch_norm_training if bn_batch and step.fn is OPS[_BN] else step.fn
             args = [None if name is None else self._read(env, name) for name in step.inputs]
-            result = step.fn(step.call, args)
+            result = fn(step.call, args)
             outs = result if isinstance(result, tuple) else (result,)
             for name, out in zip(step.outputs, outs, strict=False):
                 env[name] = out

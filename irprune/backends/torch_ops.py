@@ -329,6 +329,15 @@ def _batch_norm(call: Call, a: Args) -> Out:
     return F.batch_norm(x, mean, var, scale, bias, False, 0.0, float(call.attr("epsilon", 1e-5)))
 
 
+def batch_norm_training(call: Call, a: Args) -> Out:
+    """BatchNormalization with batch statistics, updating the running ones in place (the
+    module's buffers): how BN is fine-tuned. Not in ``OPS``: ``GraphModule`` opts in."""
+    x, scale, bias, mean, var = (arg(a, i) for i in range(5))
+    momentum = 1.0 - float(call.attr("momentum", 0.9))  # ONNX keeps this much of the old
+    eps = float(call.attr("epsilon", 1e-5))
+    return F.batch_norm(x, mean, var, scale, bias, True, momentum, eps)
+
+
 def _instance_norm(call: Call, a: Args) -> Out:
     x, scale, bias = arg(a, 0), arg(a, 1), arg(a, 2)
     return F.instance_norm(x, weight=scale, bias=bias, eps=float(call.attr("epsilon", 1e-5)))

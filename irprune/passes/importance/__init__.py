@@ -16,7 +16,7 @@ import numpy as np
 from irprune.errors import UsageError
 from irprune.ir import Graph
 from irprune.passes.analysis.channels import ChannelAnalysis, ChannelGroup
-from irprune.passes.importance import activation, filters, magnitude
+from irprune.passes.importance import activation, filters, gradient, magnitude
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ DATA_FREE: Mapping[str, Criterion] = MappingProxyType(
         "random": magnitude.random,
     }
 )
-DATA_DRIVEN = ("apoz", "activation")
+DATA_DRIVEN = ("apoz", "activation", *gradient.GRADIENT)
 CRITERIA = (*DATA_FREE, *DATA_DRIVEN)
 
 
@@ -51,19 +51,24 @@ def score(
     *,
     seed: int = 0,
     calib: Mapping[str, np.ndarray] | None = None,
+    labels: gradient.Labels | None = None,
 ) -> Scores:
     """Score every channel of every prunable group; never mutates the graph.
 
-    Data-driven criteria need ``calib``; a group they cannot measure (no compute node reads it)
-    falls back to L1, logged.
+    Data-driven criteria need ``calib``; a group they cannot measure (no compute node reads it,
+    no parameter produces it) falls back to L1, logged. ``labels`` (rows aligned with ``calib``;
+    one array for the first output, or arrays keyed by output name) are used by the gradient
+    criteria only; without them those use the distillation loss against the graph's outputs.
     """
+    if labels is not None and criterion not in gradient.GRADIENT:
+        raise UsageError(f"labels are used by the gradient criteria only, not {criterion!r}")
     if criterion in DATA_DRIVEN:
         if calib is None:
             raise UsageError(f"criterion {criterion!r} needs calibration data (--calib)")
-        stats = activation.collect(graph, analysis, calib)
+        measure = _measurer(graph, analysis, criterion, calib, labels, seed)
         by_group = {}
         for g in analysis.prunable:
-            measured = activation.scores(analysis, stats, g, criterion)
+            measured = measure(g)
             if measured is None:
                 log.info("group %d is not measured by %s; using l1", g.id, criterion)
                 measured = magnitude.l1(graph, analysis, g, seed)
@@ -75,6 +80,22 @@ def score(
     return Scores(
         criterion, MappingProxyType({g.id: fn(graph, analysis, g, seed) for g in analysis.prunable})
     )
+
+
+def _measurer(
+    graph: Graph,
+    analysis: ChannelAnalysis,
+    criterion: str,
+    calib: Mapping[str, np.ndarray],
+    labels: gradient.Labels | None,
+    seed: int,
+) -> Callable[[ChannelGroup], np.ndarray | None]:
+    """Measure on the calibration data once; return the per-group lookup (None: not measured)."""
+    if criterion in gradient.GRADIENT:
+        grads = gradient.scores(graph, analysis, calib, criterion, labels=labels, seed=seed)
+        return lambda g: grads.get(g.id)
+    stats = activation.collect(graph, analysis, calib)
+    return lambda g: activation.scores(analysis, stats, g, criterion)
 
 
 __all__ = ["CRITERIA", "DATA_FREE", "Scores", "score"]

@@ -1,0 +1,230 @@
+"""Fine-tuning an ONNX model (typically a pruned one) through the torch backend.
+
+``finetune(model, data, teacher=..., labels=..., epochs=N)`` trains every weight of the model
+(``irprune.backends.torch``: conv/linear weights and biases, norm scales and biases; BN runs on
+batch statistics and updates its running ones, unless ``freeze_bn``) on ``data`` (arrays keyed
+by graph input name, batch on axis 0), and returns the trained model after the verification
+every written model passes (``onnx.checker`` full check, shape inference, an onnxruntime run);
+``FinetuneResult.save`` writes it atomically.
+
+The loss: with ``labels``, cross-entropy for classifier-shaped outputs ([N, K], K > 1, integer
+labels) and mean squared error otherwise; with a ``teacher`` (the original model, run in
+onnxruntime), knowledge distillation: KL divergence between the softened softmaxes
+(``temperature``, scaled by T^2, Hinton et al. 2015) for classifier outputs, MSE divided by the
+teacher output's variance otherwise; with both, their sum. Adam (default) or SGD with momentum,
+a cosine learning-rate schedule over all steps, seeded shuffling. torch is imported only when
+``finetune`` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from irprune.emit import atomic_write, verify
+from irprune.emit.verify import session
+from irprune.errors import CalibrationError, UsageError
+from irprune.frontends.onnx import load_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from irprune.backends.torch import GraphModule
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "sgd")
+DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
+Progress = Callable[[int, int, int, float], None]  # (epoch, step, steps per epoch, loss)
+Source = str | Path | onnx.ModelProto
+
+
+@dataclass
+class FinetuneResult:
+    model: onnx.ModelProto
+    losses: list[float]  # mean training loss of each epoch
+    seconds: float
+    serialized: bytes = field(default=b"", repr=False)
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write(self.serialized or self.model, path)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    epochs: int
+    batch: int
+    lr: float
+    optimizer: str
+    temperature: float
+    seed: int
+
+
+def finetune(
+    model: Source,
+    data: str | Path | Mapping[str, np.ndarray],
+    *,
+    teacher: Source | None = None,
+    labels: str | np.ndarray | Mapping[str, np.ndarray] | None = None,
+    epochs: int = 1,
+    batch: int = 32,
+    lr: float | None = None,
+    optimizer: str = "adam",
+    temperature: float = 1.0,
+    freeze_bn: bool = False,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> FinetuneResult:
+    """Train ``model`` on ``data`` and return it verified (nothing is written).
+
+    ``labels``: one array (for the first output) or arrays keyed by output name, rows aligned
+    with ``data``; or, when ``data`` is a .npz path, the key of the labels array in it.
+    BatchNormalization trains on batch statistics and updates its running statistics unless
+    ``freeze_bn``. ``progress`` is called after every step.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    if epochs < 1 or batch < 1 or temperature <= 0:
+        raise UsageError("epochs and batch must be >= 1 and temperature > 0")
+    if teacher is None and labels is None:
+        raise UsageError("fine-tuning needs labels or a teacher model to distil from")
+    rate = DEFAULT_LR[optimizer] if lr is None else lr
+    setup = _Setup(epochs, batch, rate, optimizer, temperature, seed)
+    torch, backend = _torch()
+    student = backend.import_graph(model)
+    feeds, targets = _data(data, labels, student)
+    module = backend.from_graph(student).train_batch_norm(not freeze_bn)
+    teacher_session = session(load_model(teacher), threads=2) if teacher is not None else None
+    start = time.perf_counter()
+    losses = _train(torch, module, feeds, targets, teacher_session, setup, progress)
+    seconds = time.perf_counter() - start
+    trained = backend.to_onnx(module).SerializeToString()
+    first = {k: v[: min(batch, 8)] for k, v in feeds.items()}
+    verify(trained, first)
+    log.info("fine-tuned %d epochs in %.1f s; losses %s", epochs, seconds, losses)
+    return FinetuneResult(onnx.ModelProto.FromString(trained), losses, seconds, trained)
+
+
+def _torch() -> tuple[Any, Any]:
+    try:
+        import torch
+
+        from irprune.backends import torch as backend
+    except ImportError as exc:
+        from irprune.backends import missing_torch
+
+        raise missing_torch("fine-tuning", exc) from exc
+    return torch, backend
+
+
+def _data(
+    data: str | Path | Mapping[str, np.ndarray],
+    labels: str | np.ndarray | Mapping[str, np.ndarray] | None,
+    graph: Any,
+) -> tuple[dict[str, np.ndarray], dict[int | str, np.ndarray]]:
+    from irprune.api import check_inputs, read_npz
+
+    arrays = read_npz(data) if isinstance(data, str | Path) else dict(data)
+    targets: dict[int | str, np.ndarray] = {}
+    if isinstance(labels, str):
+        if labels not in arrays:
+            raise CalibrationError(f"{data}: no labels array {labels!r} (has {sorted(arrays)})")
+        targets[0] = arrays.pop(labels)
+    elif isinstance(labels, Mapping):
+        targets.update(labels)
+    elif labels is not None:
+        targets[0] = np.asarray(labels)
+    where = str(data) if isinstance(data, str | Path) else "data"
+    check_inputs(arrays, graph, where)
+    rows = len(next(iter(arrays.values())))
+    for key, array in targets.items():
+        if len(array) != rows:
+            raise CalibrationError(f"labels {key!r} have {len(array)} rows, the data {rows}")
+    return arrays, targets
+
+
+def _train(
+    torch: Any,
+    module: GraphModule,
+    feeds: Mapping[str, np.ndarray],
+    targets: Mapping[int | str, np.ndarray],
+    teacher: Any,
+    setup: _Setup,
+    progress: Progress | None,
+) -> list[float]:
+    rows = len(next(iter(feeds.values())))
+    per_epoch = -(-rows // setup.batch)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if setup.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=setup.lr)
+    else:
+        opt = torch.optim.SGD(params, lr=setup.lr, momentum=0.9, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, setup.epochs * per_epoch)
+    gen = torch.Generator().manual_seed(setup.seed)
+    losses = []
+    module.train()
+    for epoch in range(setup.epochs):
+        total = 0.0
+        order = torch.randperm(rows, generator=gen).numpy()
+        for step in range(per_epoch):
+            idx = order[step * setup.batch : (step + 1) * setup.batch]
+            chunk = {k: v[idx] for k, v in feeds.items()}
+            wanted = {k: v[idx] for k, v in targets.items()}
+            taught = _teach(teacher, chunk) if teacher is not None else None
+            loss = _loss(torch, module, module.run(chunk), wanted, taught, setup.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+            if progress is not None:
+                progress(epoch, step, per_epoch, float(loss))
+        losses.append(total / per_epoch)
+    module.eval()
+    return losses
+
+
+def _teach(teacher: Any, chunk: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in teacher.get_outputs()]
+    return dict(zip(names, teacher.run(names, dict(chunk)), strict=True))
+
+
+def _loss(
+    torch: Any,
+    module: GraphModule,
+    outs: list[torch.Tensor],
+    labels: Mapping[int | str, np.ndarray],
+    taught: Mapping[str, np.ndarray] | None,
+    temperature: float,
+) -> torch.Tensor:
+    from irprune.passes.importance.gradient import is_classifier
+
+    F = torch.nn.functional
+    total = torch.zeros(())
+    for i, (name, out) in enumerate(zip(module.output_names, outs, strict=True)):
+        if not out.is_floating_point():
+            continue
+        given = labels.get(name, labels.get(i))
+        if given is not None:
+            target = torch.from_numpy(np.asarray(given))
+            if is_classifier(out) and not target.is_floating_point():
+                total = total + F.cross_entropy(out, target.long())
+            else:
+                total = total + F.mse_loss(out, target.to(out.dtype).reshape(out.shape))
+        if taught is not None and name in taught:
+            t = torch.from_numpy(np.asarray(taught[name])).to(out.dtype)
+            if is_classifier(out):
+                soft = F.log_softmax(t / temperature, dim=1)
+                log_p = F.log_softmax(out / temperature, dim=1)
+                kl = F.kl_div(log_p, soft, log_target=True, reduction="batchmean")
+                total = total + kl * temperature**2
+            else:
+                total = total + F.mse_loss(out, t) / (t.var() + 1e-12)
+    return total

@@ -1,0 +1,128 @@
+"""Fine-tuning (API and CLI) on tiny models, one epoch each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from irprune import finetune
+from irprune.cli import main
+from irprune.errors import CalibrationError, UsageError
+from tests.helpers import make_model, rel_diff, run
+
+pytest.importorskip("torch")
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((96, 5)).astype(np.float32)
+Y = (X[:, 0] + X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 1).astype(np.int64)
+
+
+def _mlp(seed: int, bn_mean: float | None = None) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1)]
+    inits = {
+        "w1": rng.standard_normal((8, 5)).astype(np.float32),
+        "b1": rng.standard_normal(8).astype(np.float32),
+        "w2": rng.standard_normal((3, 8)).astype(np.float32),
+    }
+    src = "h"
+    if bn_mean is not None:
+        nodes.append(helper.make_node("BatchNormalization", ["h", "g", "b", "m", "v"], ["n"]))
+        inits |= {
+            "g": np.ones(8, np.float32),
+            "b": np.zeros(8, np.float32),
+            "m": np.full(8, bn_mean, np.float32),
+            "v": np.ones(8, np.float32),
+        }
+        src = "n"
+    nodes += [
+        helper.make_node("Relu", [src], ["r"]),
+        helper.make_node("Gemm", ["r", "w2"], ["logits"], transB=1),
+    ]
+    return make_model(nodes, [("x", ["N", 5])], [("logits", ["N", 3])], inits)
+
+
+def _accuracy(model: onnx.ModelProto) -> float:
+    return float((run(model, {"x": X})[0].argmax(1) == Y).mean())
+
+
+def test_labels_train_the_model_and_the_input_is_untouched() -> None:
+    student = _mlp(1)
+    before = student.SerializeToString()
+    result = finetune(student, {"x": X}, labels=Y, epochs=1, batch=8, lr=0.05, optimizer="sgd")
+    assert student.SerializeToString() == before
+    assert len(result.losses) == 1 and np.isfinite(result.losses[0])
+    assert _accuracy(result.model) > _accuracy(student) + 0.1
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def _kl(teacher: np.ndarray, student: np.ndarray) -> float:
+    def log_softmax(z: np.ndarray) -> np.ndarray:
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    lt, ls = log_softmax(teacher.astype(np.float64)), log_softmax(student.astype(np.float64))
+    return float((np.exp(lt) * (lt - ls)).sum(1).mean())
+
+
+def test_distillation_moves_the_student_towards_the_teacher(tmp_path: Path) -> None:
+    teacher, student = _mlp(1), _mlp(2)
+    t_out = run(teacher, {"x": X})[0]
+    result = finetune(student, {"x": X}, teacher=teacher, epochs=1, batch=8, lr=0.05)
+    before = _kl(t_out, run(student, {"x": X})[0])
+    after = _kl(t_out, run(result.model, {"x": X})[0])
+    assert after < 0.5 * before
+    saved = result.save(tmp_path / "student.onnx")
+    assert rel_diff(run(onnx.load(saved), {"x": X})[0], run(result.model, {"x": X})[0]) == 0.0
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_batch_norm_statistics_follow_the_data_unless_frozen(freeze: bool) -> None:
+    model = _mlp(1, bn_mean=5.0)  # running mean far from the data's
+    result = finetune(
+        model, {"x": X}, labels=Y, epochs=1, batch=16, lr=0.0, optimizer="sgd", freeze_bn=freeze
+    )
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in result.model.graph.initializer}
+    w1 = inits["w1"]
+    assert np.array_equal(w1, onnx.numpy_helper.to_array(model.graph.initializer[0]))  # lr 0
+    true_mean = (X @ w1.T + inits["b1"]).mean(0)
+    if freeze:
+        assert np.all(inits["m"] == 5.0)
+    else:  # six updates with ONNX's default momentum 0.9: most of the way to the data's mean
+        assert np.all(np.abs(inits["m"] - true_mean) < 0.6 * np.abs(5.0 - true_mean))
+
+
+def test_bad_arguments_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="labels or a teacher"):
+        finetune(_mlp(1), {"x": X})
+    with pytest.raises(UsageError, match="optimizer"):
+        finetune(_mlp(1), {"x": X}, labels=Y, optimizer="lbfgs")
+    with pytest.raises(CalibrationError, match="rows"):
+        finetune(_mlp(1), {"x": X}, labels=Y[:10])
+    with pytest.raises(CalibrationError, match="do not match"):
+        finetune(_mlp(1), {"y": X}, labels=Y)
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    student, teacher = tmp_path / "student.onnx", tmp_path / "teacher.onnx"
+    onnx.save(_mlp(2), student)
+    onnx.save(_mlp(1), teacher)
+    data = tmp_path / "train.npz"
+    np.savez(data, x=X, y=Y)
+    out = tmp_path / "out.onnx"
+    args = [str(student), "--data", str(data), "--epochs", "1", "-o", str(out)]
+    assert main(["finetune", *args, "--labels", "y", "--teacher", str(teacher)]) == 0
+    captured = capsys.readouterr()
+    assert "epoch 1: mean loss" in captured.out and f"wrote {out}" in captured.out
+    assert captured.err == ""  # no progress display: stderr is not a terminal
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    assert main(["finetune", *args, "--labels", "nope"]) == 2
+    assert "no labels array 'nope'" in capsys.readouterr().err
+    assert main(["finetune", *args]) == 2  # neither labels nor teacher
+    assert main(["finetune", *args[:-1], str(student), "--labels", "y"]) == 2  # overwrite input
+    assert main(["finetune", *args[:-2], "--labels", "y"]) == 0  # default output name
+    assert (tmp_path / "student.finetuned.onnx").is_file()
