@@ -73,6 +73,7 @@ def _prune_parser() -> _Parser:
     p.add_argument(
         "--data", type=Path, help="training .npz: inputs by name, optional integer 'labels'"
     )
+    p.add_argument("--csgd-lr", type=float, default=0.01, metavar="LR", help="C-SGD SGD step")
     p.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, metavar="N")
     p.add_argument("--ignore", action="append", default=[], metavar="NODE_OR_GROUP")
     p.add_argument("--max-prune", type=float, default=DEFAULT_MAX_PRUNE, metavar="F")
@@ -120,6 +121,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         latency_threads=args.threads,
         csgd_epochs=args.csgd_epochs,
         data=args.data,
+        csgd_lr=args.csgd_lr,
     )
     result.report["input"] = str(args.model)
     if not args.dry_run:

@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from irprune.backends.torch import GraphModule, from_graph, update_graph
+from irprune.errors import TrainingError
 from irprune.ir import Graph
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.rewrite.merge import consumer_spaces, group_members
@@ -143,6 +144,11 @@ def train(
             idx = order[start : start + batch]
             feeds = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in data.items()}
             loss = _loss(module.run(feeds)[0], targets[idx], labels is not None)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"C-SGD training diverged at epoch {epoch + 1} (loss {float(loss.detach())}): "
+                    "use a smaller learning rate (--csgd-lr)"
+                )
             opt.zero_grad()
             loss.backward()
             _step(opt, params, tied, epsilon)

@@ -15,7 +15,7 @@ from irprune import csgd
 from irprune.demo import build_demo_model
 from irprune.emit import to_model
 from irprune.emit.verify import random_inputs, session
-from irprune.errors import UsageError
+from irprune.errors import TrainingError, UsageError
 from irprune.frontends.onnx import import_model
 from irprune.ir import Graph
 from irprune.passes.allocation import Target, allocate
@@ -76,3 +76,10 @@ def test_api_refuses_csgd_without_merge_or_data() -> None:
         irprune.prune(build_demo_model(), target_flops=0.5, csgd_epochs=2)
     with pytest.raises(UsageError):
         irprune.prune(build_demo_model(), target_flops=0.5, rewrite="merge", csgd_epochs=2)
+
+
+def test_divergence_is_a_clear_error() -> None:
+    graph, analysis, plan, data = _setup()
+    clusters = cluster_groups(graph, analysis, plan)
+    with pytest.raises(TrainingError, match="diverged"):
+        csgd.train(graph, analysis, clusters, data, epochs=3, lr=1e6)
