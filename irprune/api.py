@@ -21,7 +21,13 @@ from irprune import report as rep
 from irprune.backends import missing_torch
 from irprune.emit import atomic_write, to_model, verify
 from irprune.emit.verify import random_inputs, session
-from irprune.errors import CalibrationError, InvalidModelError, TargetError, UsageError
+from irprune.errors import (
+    CalibrationError,
+    InvalidModelError,
+    MissingDependencyError,
+    TargetError,
+    UsageError,
+)
 from irprune.frontends import fx
 from irprune.frontends.onnx import import_model, load_model
 from irprune.ir import Graph
@@ -32,7 +38,7 @@ from irprune.passes.fold import fold_constants
 from irprune.passes.importance import CRITERIA, Scores, score
 from irprune.passes.latency import LatencyModel, build_latency_model
 from irprune.passes.rewrite.drop import drop
-from irprune.passes.rewrite.merge import merge
+from irprune.passes.rewrite.merge import cluster_groups, merge
 from irprune.passes.rewrite.recalibrate import (
     apply_bn_compensation,
     compensate_bias,
@@ -87,6 +93,20 @@ def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
     arrays = read_npz(path)
     check_inputs(arrays, graph, str(path))
     return arrays
+
+
+def load_training(
+    path: str | Path, graph: Graph, labels: str = "labels"
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Training data: the model's inputs as for calibration, plus optional integer class
+    labels under the key ``labels`` (one per sample)."""
+    arrays = read_npz(path)
+    y = arrays.pop(labels, None)
+    check_inputs(arrays, graph, str(path))
+    n = len(next(iter(arrays.values())))
+    if y is not None and (y.shape != (n,) or not np.issubdtype(y.dtype, np.integer)):
+        raise CalibrationError(f"{path}: {labels!r} must be {n} integer class labels")
+    return arrays, y
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -182,6 +202,10 @@ def prune(
     dry_run: bool = False,
     measure_latency: bool = True,
     latency_threads: int = 1,
+    csgd_epochs: int = 0,
+    data: str | Path | Mapping[str, np.ndarray] | None = None,
+    csgd_epsilon: float = 0.05,
+    csgd_lr: float = 0.01,
 ) -> Result:
     """Prune ``model`` to the target and return the verified result (nothing is written).
 
@@ -191,10 +215,13 @@ def prune(
 
     ``rewrite`` None picks the default measured best on real data (benchmarks/quality.py, see
     the README): ``reconstruct`` with calibration data, ``compensate`` (from BN statistics)
-    without. ``target_latency`` is a fraction of the original's onnxruntime CPU latency at batch
-    1 with ``latency_threads`` threads, measured on this machine (see :mod:`passes.latency`).
     without. ``labels`` (rows aligned with ``calib``) give the gradient criteria (``taylor``,
     ``hessian``) a task loss; without them they use distillation against the original outputs.
+    ``csgd_epochs`` > 0 with ``rewrite="merge"`` trains the clusters together first (C-SGD,
+    needs torch) on ``data``: an .npz path or arrays keyed by input name, plus optional integer
+    ``labels`` (without them the loss is distillation from the original outputs).
+    ``target_latency`` is a fraction of the original's onnxruntime CPU latency at batch
+    1 with ``latency_threads`` threads, measured on this machine (see :mod:`passes.latency`).
     """
     target = _target(target_flops, target_params, target_latency)
     if rewrite is None:
@@ -208,6 +235,8 @@ def prune(
         raise UsageError("--strategy sensitivity needs calibration data (--calib)")
     if round_to < 1 or not 0 < max_prune <= 1:
         raise UsageError("round_to must be >= 1 and max_prune in (0, 1]")
+    if csgd_epochs and (rewrite != "merge" or data is None):
+        raise UsageError("C-SGD training (--csgd-epochs) needs --rewrite merge and --data")
     timer = _Timer()
     t = time.perf_counter()
     original = _load(model, example_inputs)
@@ -267,7 +296,12 @@ def prune(
     reference = reference_session.run(None, feeds)
     del reference_session
     t = timer.lap("reference", t)
-    build = _Build(original, graph, analysis, rewrite, calib_feeds, seed, timer, feeds)
+    csgd = None
+    if csgd_epochs:
+        assert data is not None
+        train, labels = _training_data(graph, data)
+        csgd = CsgdOptions(csgd_epochs, train, labels, lr=csgd_lr, epsilon=csgd_epsilon)
+    build = _Build(original, graph, analysis, rewrite, calib_feeds, seed, timer, feeds, csgd)
     pruned_bytes, outputs = build.run(plan)
     latency = None
     if latency_model is not None:
@@ -284,6 +318,7 @@ def prune(
     report["fidelity_inputs"] = "calibration data" if calib is not None else "random inputs"
     if latency is not None:
         report["latency"] = latency
+    report.update(build.extra)
     pruned = onnx.ModelProto.FromString(pruned_bytes)
     return Result(pruned, report, analysis, plan, serialized=pruned_bytes)
 
@@ -301,12 +336,17 @@ class _Build:
     seed: int
     timer: _Timer
     feeds: dict[str, np.ndarray] | None = None
+    csgd: CsgdOptions | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # what the last rewrite reported
 
     def run(self, plan: Plan) -> tuple[bytes, list[np.ndarray]]:
         t = time.perf_counter()
         graph = self.graph if self.graph is not None else _import(self.original)
         self.graph = None
-        _rewrite(graph, self.original, self.analysis, plan, self.rewrite, self.calib, self.seed)
+        self.extra = _rewrite(
+            graph, self.original, self.analysis, plan, self.rewrite, self.calib, self.seed,
+            self.csgd,
+        )  # fmt: skip
         graph.verify()
         t = self.timer.lap("rewrite", t)
         pruned_bytes = to_model(graph).SerializeToString()
@@ -393,6 +433,35 @@ def _load(model: Any, example_inputs: Any) -> onnx.ModelProto:
     return load_model(model)
 
 
+@dataclass(frozen=True)
+class CsgdOptions:
+    """C-SGD training before the merge (``irprune.csgd``)."""
+
+    epochs: int
+    data: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    lr: float = 0.01
+    epsilon: float = 0.05
+
+
+def _train_csgd(
+    graph: Graph, analysis: ChannelAnalysis, plan: Plan, options: CsgdOptions, seed: int
+) -> tuple[dict[int, list[np.ndarray]], dict[str, Any]]:
+    try:
+        from irprune import csgd
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "C-SGD training needs torch: pip install 'irprune[torch]'"
+        ) from exc
+    clusters = cluster_groups(graph, analysis, plan, seed=seed)
+    result = csgd.train(
+        graph, analysis, clusters, options.data, labels=options.labels, epochs=options.epochs,
+        lr=options.lr, epsilon=options.epsilon, seed=seed,
+    )  # fmt: skip
+    info = {**vars(result), "labels": options.labels is not None}
+    return clusters, info
+
+
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
@@ -414,20 +483,26 @@ def _rewrite(
     rewrite: str,
     calib: dict[str, np.ndarray] | None,
     seed: int,
-) -> None:
-    """The chosen rewrite; the calibrated ones repair the dropped model against the original."""
+    csgd: CsgdOptions | None = None,
+) -> dict[str, Any]:
+    """The chosen rewrite; the calibrated ones repair the dropped model against the original.
+    Returns what the report should add (C-SGD training)."""
     if rewrite == "merge":
-        merge(graph, analysis, plan, seed=seed)
-        return
+        extra: dict[str, Any] = {}
+        clusters = None
+        if csgd is not None:
+            clusters, extra["csgd"] = _train_csgd(graph, analysis, plan, csgd, seed)
+        merge(graph, analysis, plan, seed=seed, clusters=clusters)
+        return extra
     if rewrite == "compensate" and calib is None:
         shifts = plan_bn_compensation(graph, analysis, plan)
         drop(graph, analysis, plan)
         apply_bn_compensation(graph, shifts)
-        return
+        return {}
     reference = _import(original) if rewrite in REFERENCE_REWRITES else None
     drop(graph, analysis, plan)
     if reference is None:
-        return
+        return {}
     if rewrite == "compensate" and calib is not None:
         compensate_bias(graph, reference, analysis, plan, calib)
         reestimate_bn(graph, calib)
@@ -435,6 +510,7 @@ def _rewrite(
         # The refit reproduces each consumer's original (pre-BN) output, so the original BN
         # statistics stay right; re-estimating them would move the model away from the original.
         refit(graph, reference, calib, analysis, plan)
+    return {}
 
 
 def _original_session(original: bytes) -> Any:
@@ -451,6 +527,17 @@ def _calib_feeds(graph: Graph, calib: Any) -> dict[str, np.ndarray] | None:
     if isinstance(calib, Mapping):
         return {k: np.asarray(v) for k, v in calib.items()}
     return load_calibration(calib, graph)
+
+
+def _training_data(
+    graph: Graph, data: str | Path | Mapping[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    if not isinstance(data, Mapping):
+        return load_training(data, graph)
+    arrays = {k: np.asarray(v) for k, v in data.items()}
+    labels = arrays.pop("labels", None)
+    check_inputs(arrays, graph, "data")
+    return arrays, labels
 
 
 def _feeds(

@@ -80,6 +80,17 @@ def _prune_parser() -> _Parser:
         help="default: reconstruct with --calib, compensate without",
     )
     p.add_argument("--calib", type=Path, help=".npz of arrays keyed by input name")
+    p.add_argument(
+        "--csgd-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --rewrite merge: C-SGD training of the clusters first (needs torch, --data)",
+    )
+    p.add_argument(
+        "--data", type=Path, help="training .npz: inputs by name, optional integer 'labels'"
+    )
+    p.add_argument("--csgd-lr", type=float, default=0.01, metavar="LR", help="C-SGD SGD step")
     p.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, metavar="N")
     p.add_argument("--ignore", action="append", default=[], metavar="NODE_OR_GROUP")
     p.add_argument("--max-prune", type=float, default=DEFAULT_MAX_PRUNE, metavar="F")
@@ -156,6 +167,9 @@ def _prune_options(args: argparse.Namespace) -> dict[str, Any]:
         dry_run=args.dry_run,
         measure_latency=not args.no_latency,
         latency_threads=args.threads,
+        csgd_epochs=args.csgd_epochs,
+        data=args.data,
+        csgd_lr=args.csgd_lr,
     )
 
 

@@ -58,3 +58,9 @@ class UnsupportedOpError(IrpruneError):
 
 class MissingDependencyError(UsageError):
     """An optional extra (torch) is needed for what was asked and is not installed."""
+
+
+class TrainingError(IrpruneError):
+    """Training (C-SGD) failed in a way a setting can fix, e.g. it diverged."""
+
+    exit_code = 2

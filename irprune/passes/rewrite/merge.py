@@ -107,28 +107,55 @@ def _group_members(analysis: ChannelAnalysis, gid: int) -> list[tuple[Space, np.
     return out
 
 
-def merge(graph: Graph, analysis: ChannelAnalysis, plan: Plan, *, seed: int = 0) -> DropSummary:
+def group_members(
+    graph: Graph, analysis: ChannelAnalysis, gid: int
+) -> list[tuple[Space, np.ndarray]]:
+    """(space, positions) of every constant member of group ``gid``; positions are
+    ``[outer, size, inner]`` indices into the space's axis (see ``layout.channel_positions``)."""
+    return [(s, p) for s, p in _group_members(analysis, gid) if graph.values[s.value].is_const]
+
+
+def cluster_groups(
+    graph: Graph, analysis: ChannelAnalysis, plan: Plan, *, seed: int = 0
+) -> dict[int, list[np.ndarray]]:
+    """For every shrinking group, as many channel clusters as the plan keeps (k-means on the
+    producers' side of the group: every member that is not a consumer's input axis)."""
     consumers = consumer_spaces(graph)
-    new: dict[str, np.ndarray] = {}
-    kept: dict[int, np.ndarray] = {}
+    out: dict[int, list[np.ndarray]] = {}
     for gid, chosen in plan.kept.items():
         size = analysis.groups[gid].size
-        members = [
-            (s, p) for s, p in _group_members(analysis, gid) if graph.values[s.value].is_const
-        ]
-        followers = [(s, p) for s, p in members if s not in consumers]
+        followers = [(s, p) for s, p in group_members(graph, analysis, gid) if s not in consumers]
         labels = kmeans(_features(graph, followers, size), len(chosen), seed)
-        clusters = _exactly(
+        out[gid] = _exactly(
             len(chosen), [np.flatnonzero(labels == j) for j in range(labels.max() + 1)]
         )
-        kept[gid] = np.sort([c[0] for c in clusters])
-        for space, pos in members:
+    return out
+
+
+def merge(
+    graph: Graph,
+    analysis: ChannelAnalysis,
+    plan: Plan,
+    *,
+    seed: int = 0,
+    clusters: dict[int, list[np.ndarray]] | None = None,
+) -> DropSummary:
+    """Merge each cluster into its lowest-index channel, then drop the rest (``clusters``: as
+    :func:`cluster_groups` returns, e.g. the ones C-SGD trained with)."""
+    consumers = consumer_spaces(graph)
+    if clusters is None:
+        clusters = cluster_groups(graph, analysis, plan, seed=seed)
+    new: dict[str, np.ndarray] = {}
+    kept: dict[int, np.ndarray] = {}
+    for gid, group_clusters in clusters.items():
+        kept[gid] = np.sort([c[0] for c in group_clusters])
+        for space, pos in group_members(graph, analysis, gid):
             data = new.get(space.value)
             if data is None:
                 data = np.array(graph.values[space.value].const, copy=True)
             combine = np.sum if space in consumers else np.mean
             moved = np.moveaxis(data, space.axis, 0)  # a view into data
-            for c in clusters:
+            for c in group_clusters:
                 block = np.transpose(pos[:, c, :], (1, 0, 2))  # [members, outer, inner]
                 moved[block[0]] = combine(moved[block], axis=0)
             new[space.value] = data
