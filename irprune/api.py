@@ -217,7 +217,7 @@ def prune(
     original_bytes = original.SerializeToString()
     reference_session = _original_session(original_bytes)
     feeds = _feeds(reference_session, calib_feeds, seed)
-    reference = reference_session.run(None, feeds)
+    reference = _run_original(reference_session, feeds)
     del reference_session
     t = timer.lap("reference", t)
     _rewrite(graph, original, analysis, plan, rewrite, calib_feeds, seed)
@@ -290,6 +290,14 @@ def _original_session(original: bytes) -> Any:
     except Exception as exc:  # onnxruntime raises untyped errors
         text = " ".join(str(exc).split())
         raise InvalidModelError(f"onnxruntime cannot load the input model: {text}") from exc
+
+
+def _run_original(sess: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        return list(sess.run(None, feeds))
+    except Exception as exc:  # onnxruntime raises untyped errors
+        text = " ".join(str(exc).split())
+        raise InvalidModelError(f"onnxruntime cannot run the input model: {text}") from exc
 
 
 def _calib_feeds(graph: Graph, calib: Any) -> dict[str, np.ndarray] | None:

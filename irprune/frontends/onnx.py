@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
+from onnx import external_data_helper, numpy_helper
 
 from irprune.errors import InvalidModelError, UsageError
 from irprune.ir import Graph, Node, Opaque, Shape, Value
@@ -27,6 +27,7 @@ from irprune.ir import Graph, Node, Opaque, Shape, Value
 log = logging.getLogger(__name__)
 
 SUPPORTED_OPSETS = range(7, 24)
+MAX_ELEMENTS = 1 << 28  # per value at batch 1 (1 GiB of float32): anything larger is refused
 _SKELETON_MAX_BYTES = 4096  # initializers up to this size stay in the shape-inference skeleton
 
 _SIMPLE_ATTRS = {
@@ -52,14 +53,54 @@ def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError) as exc:
         raise InvalidModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
-    except OSError as exc:
-        raise InvalidModelError(f"{path}: cannot read external data ({_first_line(exc)})") from exc
     if not model.HasField("graph") or not model.graph.node:
         raise InvalidModelError(f"{path}: not an ONNX model (no graph nodes)")
+    if uses_external_data(model):
+        _check_external_locations(model, path)
+        try:
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise InvalidModelError(
+                f"{path}: cannot read external data ({_first_line(exc)})"
+            ) from exc
     return model
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    """Whether any tensor of ``model`` (subgraphs and attributes included) lives in a file."""
+    return any(
+        external_data_helper.uses_external_data(t)
+        for t in external_data_helper._get_all_tensors(model)
+    )
+
+
+def _check_external_locations(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse external-data locations outside the model's folder, before anything is opened.
+
+    A hostile model can name ``../../etc/passwd`` or an absolute path as a tensor's data file;
+    recent onnx releases refuse these too, but the guard must not depend on the onnx version.
+    Symlinks are resolved, so a link inside the folder pointing out of it is refused as well.
+    """
+    folder = path.resolve().parent
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        where = f"{path}: external data of tensor {tensor.name!r}"
+        if not location:
+            raise InvalidModelError(f"{where} has no location")
+        if Path(location).is_absolute() or "\x00" in location:
+            raise InvalidModelError(f"{where} is an absolute path ({location!r}); refused")
+        target = (folder / location).resolve()
+        if not target.is_relative_to(folder):
+            raise InvalidModelError(
+                f"{where} points outside the model's folder ({location!r}); refused"
+            )
+        if not target.is_file():
+            raise InvalidModelError(f"{where}: {location!r} is missing")
 
 
 def import_model(source: str | Path | onnx.ModelProto) -> Graph:
@@ -70,12 +111,36 @@ def import_model(source: str | Path | onnx.ModelProto) -> Graph:
     graph = _Importer(model, inferred).run()
     if any(_unknown(v.shape) for v in graph.inputs):
         _attach_samples(graph, _infer_shapes(model, bind=True))
+    _check_sizes(graph)
     missing = [
         v.name for v in graph.values.values() if v.const is None and _unknown(v.sample_shape)
     ]
     if missing:
         _probe_samples(model, graph, missing)
+        _check_sizes(graph)
     return graph
+
+
+def _check_sizes(graph: Graph) -> None:
+    """Refuse shapes no run could produce (negative dims) or afford (huge attribute values):
+    every later step runs the model in onnxruntime, which would fail or exhaust memory."""
+    for v in graph.values.values():
+        shape = v.sample_shape
+        if v.const is not None or shape is None:
+            continue
+        dims = [d for d in shape if isinstance(d, int)]
+        where = f"{v.producer.op_type} {v.producer.name!r}" if v.producer else "a graph input"
+        if any(d < 0 for d in dims):
+            raise InvalidModelError(
+                f"{where} gives {v.name!r} the impossible shape {tuple(shape)}: its attributes "
+                "do not fit its inputs (e.g. a kernel larger than the padded input)"
+            )
+        count = int(np.prod(dims, dtype=np.float64)) if dims else 1
+        if count > MAX_ELEMENTS:
+            raise InvalidModelError(
+                f"{where} makes {v.name!r} hold {count:.3g} elements per sample (shape "
+                f"{tuple(shape)}), over the {MAX_ELEMENTS:.3g} limit: check its attributes"
+            )
 
 
 def _unknown(shape: Shape | None) -> bool:
@@ -130,13 +195,26 @@ def _check_opsets(model: onnx.ModelProto) -> None:
 def _infer_shapes(model: onnx.ModelProto, *, bind: bool = False) -> dict[str, onnx.TypeProto]:
     """Types of every value shape inference can reach, computed on a weight-free skeleton.
 
-    With ``bind``, symbolic dims of the graph inputs are set to 1 first: dims that depend on
-    the batch through run-time shape arithmetic become known, for per-sample costs.
+    The file's own ``value_info`` is not trusted: shapes are inferred without it, and only
+    values inference cannot type (outputs of ops without a schema) take the file's entry, in a
+    second pass. With ``bind``, symbolic dims of the graph inputs are set to 1 first: dims that
+    depend on the batch through run-time shape arithmetic become known, for per-sample costs.
     """
+    types = _infer_on_skeleton(model, [], bind=bind)
+    gaps = [vi for vi in model.graph.value_info if vi.name not in types]
+    if gaps and types:
+        types = _infer_on_skeleton(model, gaps, bind=bind)
+    return types
+
+
+def _infer_on_skeleton(
+    model: onnx.ModelProto, value_info: list[onnx.ValueInfoProto], *, bind: bool
+) -> dict[str, onnx.TypeProto]:
     skeleton = _template(model)
     g, mg = skeleton.graph, model.graph
-    for field_name in ("node", "input", "output", "value_info"):
+    for field_name in ("node", "input", "output"):
         getattr(g, field_name).extend(getattr(mg, field_name))
+    g.value_info.extend(value_info)
     graph_inputs = {i.name for i in model.graph.input}
     for init in model.graph.initializer:
         if _tensor_nbytes(init) <= _SKELETON_MAX_BYTES:
@@ -230,13 +308,22 @@ class _Importer:
             raise InvalidModelError(f"value {name!r} is defined twice")
         return self.graph.add_value(Value(name, dtype, tuple(array.shape), const=array))
 
-    def _value(self, name: str) -> Value | None:
+    def _value(self, name: str, proto: onnx.NodeProto) -> Value | None:
         if not name:
             return None
         value = self.graph.values.get(name)
-        if value is None:
-            raise InvalidModelError(f"value {name!r} is used before it is defined")
-        return value
+        if value is not None:
+            return value
+        reader = f"{proto.op_type} {proto.name!r}" if proto.name else proto.op_type
+        if any(name in n.output for n in self.model.graph.node):
+            raise InvalidModelError(
+                f"{reader} reads {name!r} before the node producing it: the graph has a cycle "
+                "or its nodes are not in topological order"
+            )
+        raise InvalidModelError(
+            f"{reader} reads {name!r}, which no initializer, graph input or node provides "
+            "(a missing initializer?)"
+        )
 
     def _add_node(self, proto: onnx.NodeProto) -> None:
         is_constant = proto.op_type == "Constant" and proto.domain in ("", "ai.onnx")
@@ -244,7 +331,7 @@ class _Importer:
             array = _constant_value(proto)
             self._add_const(proto.output[0], array, _np_to_onnx(array.dtype))
             return
-        inputs = tuple(self._value(n) for n in proto.input)
+        inputs = tuple(self._value(n, proto) for n in proto.input)
         outputs = []
         for name in proto.output:
             if not name:
