@@ -148,25 +148,38 @@ def _unknown(shape: Shape | None) -> bool:
 
 
 def _probe_samples(model: onnx.ModelProto, graph: Graph, names: list[str]) -> None:
-    """Shapes shape inference cannot see (run-time shape arithmetic), read off one onnxruntime
-    run at batch 1 with those values exposed; models onnxruntime cannot run are left as they are."""
+    """Shapes shape inference cannot see (run-time shape arithmetic, control-flow outputs), read
+    off onnxruntime runs with those values exposed; models onnxruntime cannot run are left as
+    they are. The run at batch 1 gives per-sample shapes; a value shape inference could not type
+    at all also takes its dtype and rank from it, with the dims that change in a run at batch 2
+    left unknown, so the written value_info never pins the batch."""
     from irprune.emit.verify import random_inputs, session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
-    wanted = [n for n in names if graph.values[n].dtype]
-    for name in wanted:
+    for name in names:
         if name not in known:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
         sess = session(probe)
-        arrays = sess.run(wanted, random_inputs(sess, batch=1))
+        runs = [sess.run(names, random_inputs(sess, batch=1))]
+        if any(graph.values[n].shape is None for n in names):
+            runs.append(sess.run(names, random_inputs(sess, batch=2)))
     except Exception as exc:  # onnxruntime raises untyped errors
         log.info("shape probe skipped: %s", _first_line(exc))
         return
-    for name, array in zip(wanted, arrays, strict=True):
-        graph.values[name].sample = tuple(int(d) for d in np.shape(array))
+    for k, name in enumerate(names):
+        arrays = [run[k] for run in runs]
+        if not all(isinstance(a, np.ndarray) for a in arrays):
+            continue  # a sequence or optional value: not a tensor
+        value = graph.values[name]
+        value.sample = tuple(int(d) for d in arrays[0].shape)
+        if value.shape is None and len(arrays) > 1 and arrays[0].ndim == arrays[1].ndim:
+            value.dtype = value.dtype or _np_to_onnx(arrays[0].dtype)
+            value.shape = tuple(
+                a if a == b else None for a, b in zip(arrays[0].shape, arrays[1].shape, strict=True)
+            )
 
 
 def _attach_samples(graph: Graph, types: dict[str, onnx.TypeProto]) -> None:
@@ -195,16 +208,39 @@ def _check_opsets(model: onnx.ModelProto) -> None:
 def _infer_shapes(model: onnx.ModelProto, *, bind: bool = False) -> dict[str, onnx.TypeProto]:
     """Types of every value shape inference can reach, computed on a weight-free skeleton.
 
-    The file's own ``value_info`` is not trusted: shapes are inferred without it, and only
-    values inference cannot type (outputs of ops without a schema) take the file's entry, in a
-    second pass. With ``bind``, symbolic dims of the graph inputs are set to 1 first: dims that
-    depend on the batch through run-time shape arithmetic become known, for per-sample costs.
+    The file's own ``value_info`` is a hint, not the truth: shapes are inferred without it and
+    with it, and an entry (or what inference derived from it) is kept only where it agrees with
+    the inference without it (same dtype and rank, equal static dims). It still carries what
+    inference alone cannot see: symbolic dim names, outputs of ops without a schema. With
+    ``bind``, symbolic dims of the graph inputs are set to 1 first (the hints are dropped): dims
+    that depend on the batch through run-time shape arithmetic become known, for per-sample costs.
     """
-    types = _infer_on_skeleton(model, [], bind=bind)
-    gaps = [vi for vi in model.graph.value_info if vi.name not in types]
-    if gaps and types:
-        types = _infer_on_skeleton(model, gaps, bind=bind)
-    return types
+    clean = _infer_on_skeleton(model, [], bind=bind)
+    if bind or not model.graph.value_info:
+        return clean
+    try:
+        hinted = _infer_on_skeleton(model, list(model.graph.value_info), bind=False)
+    except InvalidModelError as exc:
+        log.info("the model's value_info contradicts shape inference (%s); ignored", exc)
+        return clean
+    merged = dict(clean)
+    for name, tp in hinted.items():
+        if name not in clean or _agree(clean[name], tp):
+            merged[name] = tp
+        else:
+            log.info("value_info of %r disagrees with shape inference; ignored", name)
+    return merged
+
+
+def _agree(a: onnx.TypeProto, b: onnx.TypeProto) -> bool:
+    (ta, sa), (tb, sb) = tensor_shape(a), tensor_shape(b)
+    if ta and tb and ta != tb:
+        return False
+    if sa is None or sb is None:
+        return True
+    return len(sa) == len(sb) and all(
+        x == y for x, y in zip(sa, sb, strict=True) if isinstance(x, int) and isinstance(y, int)
+    )
 
 
 def _infer_on_skeleton(

@@ -89,11 +89,27 @@ def fold_constants(graph: Graph) -> int:
     for node in list(graph.nodes):
         arrays = _evaluate(graph, node, opset)
         if arrays is not None:
+            storage = _narrow_storage(node)
             graph.fold_node(node, arrays)
+            node.outputs[0].storage = storage
             folded += 1
     if folded:
         log.info("folded %d constant nodes", folded)
     return folded
+
+
+_NARROW_FLOATS = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+_WIDE_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+
+
+def _narrow_storage(node: Node) -> int:
+    """The dtype to keep storing a folded ``Cast`` result in: weights kept as fp16/bf16 and
+    cast to float at run time stay that small in the written model (0: no narrower storage)."""
+    if node.op_type != "Cast" or not node.inputs or node.inputs[0] is None:
+        return 0
+    src, out = node.inputs[0], node.outputs[0]
+    stored = src.storage or src.dtype
+    return stored if stored in _NARROW_FLOATS and out.dtype in _WIDE_FLOATS else 0
 
 
 def _evaluate(graph: Graph, node: Node, opset: int) -> list[np.ndarray] | None:
