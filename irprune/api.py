@@ -20,7 +20,7 @@ from irprune import report as rep
 from irprune.emit import atomic_write, to_model, verify
 from irprune.emit.verify import random_inputs, session
 from irprune.errors import CalibrationError, InvalidModelError, UsageError
-from irprune.frontends.onnx import import_model, load_model
+from irprune.frontends.onnx import import_model, read_model
 from irprune.ir import Graph
 from irprune.passes.allocation import STRATEGIES, Plan, Target, allocate
 from irprune.passes.analysis.channels import ChannelAnalysis, analyze
@@ -54,9 +54,13 @@ class Result:
     analysis: ChannelAnalysis = field(repr=False)
     plan: Plan | None = field(default=None, repr=False)
     serialized: bytes | None = field(default=None, repr=False)
+    external_data: bool = False  # the input kept its weights in external data
 
     def save(self, path: str | Path) -> Path:
-        return atomic_write(self.serialized or self.model, path)
+        """Write atomically; weights go to ``<path>.data`` when the input kept them in external
+        data or the model is too large for one protobuf file."""
+        external = True if self.external_data else None
+        return atomic_write(self.serialized or self.model, path, external_data=external)
 
     def to_torch(self) -> Any:
         raise NotImplementedError("the torch backend is not available in this version")
@@ -169,7 +173,7 @@ def prune(
         raise UsageError("round_to must be >= 1 and max_prune in (0, 1]")
     timer = _Timer()
     t = time.perf_counter()
-    original = load_model(model)
+    original, external = read_model(model)
     graph = _import(original)
     t = timer.lap("load", t)
     analysis = analyze(graph)
@@ -237,7 +241,7 @@ def prune(
     report["fidelity_inputs"] = "calibration data" if calib is not None else "random inputs"
     if latency is not None:
         report["latency"] = latency
-    return Result(pruned, report, analysis, plan, serialized=pruned_bytes)
+    return Result(pruned, report, analysis, plan, serialized=pruned_bytes, external_data=external)
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:

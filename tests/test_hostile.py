@@ -507,3 +507,131 @@ def test_no_prunable_group(tmp_path: Path, cli: Cli) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     line = _refused(cli, _save(model, tmp_path / "m.onnx"), 4, "0 prunable groups")
     assert "reaches graph output 'logits'" in line
+
+
+# --- safety of writes -------------------------------------------------------------------------
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_input_is_never_written_without_in_place(tmp_path: Path, cli: Cli) -> None:
+    src = _save(_plain(), tmp_path / "m.onnx")
+    digest, before = _sha(src), _files(tmp_path)
+    code, _, err = cli(src, "--target-flops", "0.5", "-o", src, "--no-latency")
+    assert code == 2 and "--in-place" in err
+    code, _, err = cli(src, "--target-flops", "0.5", "--no-latency")
+    assert code == 0, err
+    assert _sha(src) == digest
+    assert _files(tmp_path) == before | {"m.pruned.onnx"}
+
+
+def test_in_place_replaces_the_input_atomically(tmp_path: Path, cli: Cli) -> None:
+    src = _save(_plain(), tmp_path / "m.onnx")
+    original, inode = onnx.load(str(src)), src.stat().st_ino
+    code, out, err = cli(src, "--target-flops", "0.5", "--in-place", "--no-latency")
+    assert code == 0, err
+    assert f"wrote {src}" in out
+    assert _files(tmp_path) == {"m.onnx"}  # no temp file left, no second model
+    assert src.stat().st_ino != inode  # renamed over, not rewritten in place
+    pruned = onnx.load(str(src))
+    onnx.checker.check_model(pruned, full_check=True)
+    assert 0.48 <= count_macs(pruned) / count_macs(original) <= 0.5
+
+
+def test_in_place_that_fails_leaves_the_input_alone(tmp_path: Path, cli: Cli) -> None:
+    src = _save(_plain(), tmp_path / "m.onnx")
+    digest = _sha(src)
+    code, _, err = cli(src, "--target-flops", "0.05", "--max-prune", "0.5", "--in-place")
+    assert code == 4 and err.startswith("irprune: error:")
+    code, _, err = cli(src, "--target-flops", "0.5", "--in-place", "-o", tmp_path / "x.onnx")
+    assert code == 2 and "--in-place" in err
+    assert _sha(src) == digest and _files(tmp_path) == {"m.onnx"}
+
+
+def _external(model: onnx.ModelProto, folder: Path, name: str = "m.onnx") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(
+        model,
+        str(folder / name),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    return folder / name
+
+
+def test_external_data_is_read_from_the_model_folder_and_written_next_to_the_output(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _external(_plain(), tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path / "out")  # relative locations resolve against the model's folder
+    code, _, err = cli(src, "--target-flops", "0.5", "-o", "p.onnx", "--no-latency")
+    assert code == 0, err
+    assert _files(tmp_path / "out") == {"p.onnx", "p.onnx.data"}
+    assert _files(tmp_path / "in") == {"m.onnx", "weights.bin"}
+    stored = onnx.load(str(tmp_path / "out" / "p.onnx"), load_external_data=False)
+    locations = {
+        e.value for t in stored.graph.initializer for e in t.external_data if e.key == "location"
+    }
+    assert locations == {"p.onnx.data"}
+    pruned = onnx.load(str(tmp_path / "out" / "p.onnx"))
+    onnx.checker.check_model(pruned, full_check=True)
+    verify(pruned)
+    assert 0.48 <= count_macs(pruned) / count_macs(onnx.load(str(src))) <= 0.5
+
+
+def test_large_output_gets_external_data(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    emit = importlib.import_module("irprune.emit.verify")  # the package exports a same-named fn
+    src = _save(_plain(), tmp_path / "m.onnx")
+    monkeypatch.setattr(emit, "EXTERNAL_DATA_THRESHOLD", 4096)
+    code, _, err = cli(src, "--target-flops", "0.5", "-o", tmp_path / "p.onnx", "--no-latency")
+    assert code == 0, err
+    assert _files(tmp_path) == {"m.onnx", "p.onnx", "p.onnx.data"}
+    assert (tmp_path / "p.onnx").stat().st_size < 4096
+    verify(onnx.load(str(tmp_path / "p.onnx")))
+
+
+def _point_to(src: Path, location: str) -> None:
+    model = onnx.load(str(src), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+    src.write_bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    ("location", "says"),
+    [
+        ("../../etc/passwd", "outside the model's folder"),
+        ("../secret.bin", "outside the model's folder"),
+        ("/etc/passwd", "absolute path"),
+        ("link.bin", "outside the model's folder"),  # a symlink inside, pointing out
+        ("nosuch.bin", "missing"),
+    ],
+)
+def test_external_data_location_escaping_the_folder_is_refused(
+    location: str, says: str, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _external(_plain(), tmp_path / "in")
+    (tmp_path / "secret.bin").write_bytes(bytes(1 << 16))
+    (tmp_path / "in" / "link.bin").symlink_to(tmp_path / "secret.bin")
+    _point_to(src, location)
+
+    def opened(*args: object) -> None:
+        raise AssertionError("external data was opened before the guard ran")
+
+    monkeypatch.setattr(
+        "irprune.frontends.onnx.external_data_helper.load_external_data_for_model", opened
+    )
+    _refused(cli, src, 3, says, repr(location))

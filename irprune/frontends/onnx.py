@@ -42,8 +42,14 @@ _SIMPLE_ATTRS = {
 
 def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     """Read a model file (with its external data) or pass a ModelProto through."""
+    return read_model(source)[0]
+
+
+def read_model(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """``load_model``, and whether the file kept its weights in external data (the output then
+    does too)."""
     if isinstance(source, onnx.ModelProto):
-        return source
+        return source, False
     if not isinstance(source, str | Path):
         raise UsageError(
             f"cannot prune a {type(source).__name__}: give an ONNX file path or onnx.ModelProto"
@@ -58,7 +64,8 @@ def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
         raise InvalidModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
     if not model.HasField("graph") or not model.graph.node:
         raise InvalidModelError(f"{path}: not an ONNX model (no graph nodes)")
-    if uses_external_data(model):
+    external = uses_external_data(model)
+    if external:
         _check_external_locations(model, path)
         try:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
@@ -66,7 +73,7 @@ def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
             raise InvalidModelError(
                 f"{path}: cannot read external data ({_first_line(exc)})"
             ) from exc
-    return model
+    return model, external
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
