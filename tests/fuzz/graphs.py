@@ -4,11 +4,13 @@ A graph is a stem convolution followed by a random sequence of blocks acting on 
 map: conv units (explicit BatchNormalization or BN folded into the conv bias), grouped and
 depthwise convs, residual adds with identity or projection shortcuts, concats, channel splits,
 squeeze-and-excitation, channel shuffle (Reshape -> Transpose -> Reshape), pooling, per-channel
-constants and *unknown ops*: standard ONNX ops irprune has no rule for (LRN, CumSum, Shrink,
+constants, channel-last MatMul, constant Slices, a QDQ-quantized conv, If with outer-scope reads,
+and *unknown ops*: standard ONNX ops irprune has no rule for (LRN, CumSum, Shrink,
 LpNormalization, DepthToSpace -> SpaceToDepth), so onnxruntime can
 still run them while irprune must fail closed around them. A head ends the graph (global pool ->
 Flatten -> Gemm, Flatten of the whole map -> Gemm, MatMul, or the feature map itself), and
-sometimes an intermediate map is a second graph output.
+sometimes an intermediate map is a second graph output. One graph in five stores its conv
+weights as fp16 behind a Cast to float.
 
 Structure is drawn from hypothesis (so failures shrink to small graphs); weights come from a
 numpy generator seeded by one drawn integer (drawing every weight would only slow shrinking).
@@ -48,6 +50,7 @@ class Builder:
     inits: list[onnx.TensorProto] = field(default_factory=list)
     ops: list[str] = field(default_factory=list)  # block names, for failure messages
     count: int = 0
+    narrow: bool = False  # conv weights stored as fp16 behind a Cast
 
     def name(self, stem: str) -> str:
         self.count += 1
@@ -57,6 +60,13 @@ class Builder:
         name = self.name(stem)
         self.inits.append(numpy_helper.from_array(np.asarray(array), name))
         return name
+
+    def stored_weight(self, stem: str, array: np.ndarray) -> str:
+        """A float weight; with ``narrow`` set, stored as fp16 and Cast to float at run time."""
+        if not self.narrow:
+            return self.const(stem, array)
+        (w,) = self.node("Cast", [self.const(stem, array.astype(np.float16))], to=TensorProto.FLOAT)
+        return w
 
     def weight(self, shape: tuple[int, ...], scale: float = 1.0) -> np.ndarray:
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
@@ -81,7 +91,7 @@ def conv(
     act: str | None = "Relu",
 ) -> Tensor:
     """Conv (+ explicit BatchNormalization, or BN folded into the bias) (+ activation)."""
-    w = b.const("W", b.weight((cout, x.c // groups, k, k)))
+    w = b.stored_weight("W", b.weight((cout, x.c // groups, k, k)))
     inputs = [x.name, w]
     if bn != "explicit":
         inputs.append(b.const("B", (b.rng.standard_normal(cout) * 0.1).astype(np.float32)))
@@ -266,6 +276,37 @@ def _slice_block(b: Builder, draw: Draw, x: Tensor) -> Tensor:
     return Tensor(y, end - start, x.h, x.w)
 
 
+def _qdq_block(b: Builder, draw: Draw, x: Tensor) -> Tensor:
+    """A quantized conv in QDQ form: the activation through QuantizeLinear/DequantizeLinear,
+    int8 weights through DequantizeLinear (no rule: irprune must freeze around it)."""
+    cout = draw(widths)
+    scale, zero = b.const("qs", np.float32(0.05)), b.const("qz", np.int8(0))
+    (q,) = b.node("QuantizeLinear", [x.name, scale, zero])
+    (dq,) = b.node("DequantizeLinear", [q, scale, zero])
+    qw = b.const("QW", b.rng.integers(-60, 60, (cout, x.c, 3, 3)).astype(np.int8))
+    (w,) = b.node("DequantizeLinear", [qw, b.const("ws", np.float32(0.01)), zero])
+    (y,) = b.node("Conv", [dq, w], pads=[1] * 4)
+    return activation(b, Tensor(y, cout, x.h, x.w), draw(acts))
+
+
+def _if_block(b: Builder, draw: Draw, x: Tensor) -> Tensor:
+    """If on a constant condition; both branches read the feature map from the outer scope."""
+    branches = []
+    for name, op in (("then", "Relu"), ("else", draw(st.sampled_from(("Sigmoid", "Tanh"))))):
+        out = b.name(f"{name}_out")
+        branches.append(
+            helper.make_graph(
+                [helper.make_node(op, [x.name], [out])],
+                b.name(name),
+                [],
+                [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+            )
+        )
+    cond = b.const("cond", np.array(draw(st.booleans())))
+    (y,) = b.node("If", [cond], then_branch=branches[0], else_branch=branches[1])
+    return Tensor(y, x.c, x.h, x.w)
+
+
 BLOCKS: dict[str, Callable[[Builder, Draw, Tensor], Tensor]] = {
     "conv": _conv_block,
     "grouped": _grouped_block,
@@ -280,6 +321,8 @@ BLOCKS: dict[str, Callable[[Builder, Draw, Tensor], Tensor]] = {
     "unknown": _unknown_block,
     "channels_last": _channels_last_block,
     "slice": _slice_block,
+    "qdq": _qdq_block,
+    "if": _if_block,
 }
 
 
@@ -317,16 +360,18 @@ class Case:
     model: onnx.ModelProto
     blocks: tuple[str, ...]
     batch: int | str
+    narrow: bool = False
 
     def __repr__(self) -> str:
         opset = self.model.opset_import[0].version
-        return f"Case(opset={opset}, batch={self.batch!r}, blocks={list(self.blocks)})"
+        blocks = list(self.blocks)
+        return f"Case(opset={opset}, batch={self.batch!r}, blocks={blocks}, narrow={self.narrow})"
 
 
 @st.composite
 def onnx_graphs(draw: Draw, max_blocks: int = 8) -> Case:
     seed = draw(st.integers(0, 2**31 - 1))
-    b = Builder(np.random.default_rng(seed))
+    b = Builder(np.random.default_rng(seed), narrow=draw(st.integers(0, 4)) == 0)
     batch: int | str = draw(st.sampled_from(("N", 1, 2)))
     c0, hw = draw(st.integers(1, 4)), draw(st.sampled_from((4, 6, 8)))
     x = Tensor("input", c0, hw, hw)
@@ -351,4 +396,4 @@ def onnx_graphs(draw: Draw, max_blocks: int = 8) -> Case:
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION
     )
-    return Case(model, tuple(b.ops), batch)
+    return Case(model, tuple(b.ops), batch, b.narrow)
