@@ -15,7 +15,7 @@ from tests.fuzz.graphs import Case, onnx_graphs
 from tests.fuzz.properties import Settings, check, prune_settings
 
 FAST = settings(
-    max_examples=40,
+    max_examples=60,
     deadline=None,
     derandomize=True,
     database=None,
