@@ -224,7 +224,9 @@ def prune(
     reference = _run_original(reference_session, feeds)
     del reference_session
     t = timer.lap("reference", t)
-    _rewrite(graph, original, analysis, plan, rewrite, calib_feeds, seed)
+    # a parameter budget leaves no room for biases the repair would add
+    new_params = target.metric != "params"
+    _rewrite(graph, original, analysis, plan, rewrite, calib_feeds, seed, new_params)
     graph.verify()
     t = timer.lap("rewrite", t)
     pruned = to_model(graph)
@@ -265,6 +267,7 @@ def _rewrite(
     rewrite: str,
     calib: dict[str, np.ndarray] | None,
     seed: int,
+    new_params: bool = True,
 ) -> None:
     """The chosen rewrite; the calibrated ones repair the dropped model against the original."""
     if rewrite == "merge":
@@ -273,19 +276,19 @@ def _rewrite(
     if rewrite == "compensate" and calib is None:
         shifts = plan_bn_compensation(graph, analysis, plan)
         drop(graph, analysis, plan)
-        apply_bn_compensation(graph, shifts)
+        apply_bn_compensation(graph, shifts, new_params=new_params)
         return
     reference = _import(original) if rewrite in REFERENCE_REWRITES else None
     drop(graph, analysis, plan)
     if reference is None:
         return
     if rewrite == "compensate" and calib is not None:
-        compensate_bias(graph, reference, analysis, plan, calib)
+        compensate_bias(graph, reference, analysis, plan, calib, new_params=new_params)
         reestimate_bn(graph, calib)
     elif calib is not None:
         # The refit reproduces each consumer's original (pre-BN) output, so the original BN
         # statistics stay right; re-estimating them would move the model away from the original.
-        refit(graph, reference, calib, analysis, plan)
+        refit(graph, reference, calib, analysis, plan, new_params=new_params)
 
 
 def _original_session(original: bytes) -> Any:

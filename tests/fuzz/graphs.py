@@ -4,13 +4,14 @@ A graph is a stem convolution followed by a random sequence of blocks acting on 
 map: conv units (explicit BatchNormalization or BN folded into the conv bias), grouped and
 depthwise convs, residual adds with identity or projection shortcuts, concats, channel splits,
 squeeze-and-excitation, channel shuffle (Reshape -> Transpose -> Reshape), pooling, per-channel
-constants, channel-last MatMul, constant Slices, a QDQ-quantized conv, If with outer-scope reads,
-and *unknown ops*: standard ONNX ops irprune has no rule for (LRN, CumSum, Shrink,
-LpNormalization, DepthToSpace -> SpaceToDepth), so onnxruntime can
-still run them while irprune must fail closed around them. A head ends the graph (global pool ->
-Flatten -> Gemm, Flatten of the whole map -> Gemm, MatMul, or the feature map itself), and
-sometimes an intermediate map is a second graph output. One graph in five stores its conv
-weights as fp16 behind a Cast to float.
+constants, channel-last MatMul, constant Slices and Gathers, ConvTranspose/Resize upsampling,
+Pad, InstanceNormalization, a QDQ-quantized conv, If with outer-scope reads, and *unknown ops*:
+standard ONNX ops irprune has no rule for (LRN, CumSum, Shrink, LpNormalization,
+SpaceToDepth -> DepthToSpace), so onnxruntime can still run them while irprune must fail closed
+around them. A head ends the graph (global pool -> Flatten -> Gemm, Flatten of the whole map ->
+Gemm, MatMul, optionally with a hidden Gemm layer, or the feature map itself), and sometimes an
+intermediate map is a second graph output. One graph in five stores its conv weights as fp16
+behind a Cast to float.
 
 Structure is drawn from hypothesis (so failures shrink to small graphs); weights come from a
 numpy generator seeded by one drawn integer (drawing every weight would only slow shrinking).
@@ -276,6 +277,43 @@ def _slice_block(b: Builder, draw: Draw, x: Tensor) -> Tensor:
     return Tensor(y, end - start, x.h, x.w)
 
 
+def _upsample_block(b: Builder, draw: Draw, x: Tensor) -> Tensor:
+    """Decoder-style upsampling: ConvTranspose (stride 2) or Resize (nearest, x2)."""
+    if x.h > 8:
+        return x
+    if draw(st.booleans()):
+        cout = draw(widths)
+        w = b.stored_weight("T", b.weight((x.c, cout, 2, 2)))
+        inputs = [x.name, w, b.const("TB", np.zeros(cout, np.float32))]
+        (y,) = b.node("ConvTranspose", inputs, kernel_shape=[2, 2], strides=[2, 2])
+        return activation(b, Tensor(y, cout, 2 * x.h, 2 * x.w), draw(acts))
+    scales = b.const("sc", np.array([1, 1, 2, 2], dtype=np.float32))
+    (y,) = b.node("Resize", [x.name, "", scales], mode="nearest")
+    return Tensor(y, x.c, 2 * x.h, 2 * x.w)
+
+
+def _pad_norm_block(b: Builder, draw: Draw, x: Tensor) -> Tensor:
+    """Spatial Pad then a 3x3 valid conv, or InstanceNormalization (per-channel scale/bias)."""
+    if draw(st.booleans()):
+        pads = b.const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64))
+        mode = draw(st.sampled_from(("constant", "reflect", "edge")))
+        (p,) = b.node("Pad", [x.name, pads], mode=mode)
+        cout = draw(widths)
+        (y,) = b.node("Conv", [p, b.stored_weight("W", b.weight((cout, x.c, 3, 3)))])
+        return activation(b, Tensor(y, cout, x.h, x.w), draw(acts))
+    scale = b.const("is", (1 + 0.1 * b.rng.standard_normal(x.c)).astype(np.float32))
+    bias = b.const("ib", (0.1 * b.rng.standard_normal(x.c)).astype(np.float32))
+    (y,) = b.node("InstanceNormalization", [x.name, scale, bias])
+    return Tensor(y, x.c, x.h, x.w)
+
+
+def _gather_block(b: Builder, draw: Draw, x: Tensor) -> Tensor:
+    """Pick channels with a constant Gather on axis 1 (a fixed reordering/selection)."""
+    idx = draw(st.lists(st.integers(0, x.c - 1), min_size=1, max_size=x.c))
+    (y,) = b.node("Gather", [x.name, b.const("gi", np.array(idx, dtype=np.int64))], axis=1)
+    return Tensor(y, len(idx), x.h, x.w)
+
+
 def _qdq_block(b: Builder, draw: Draw, x: Tensor) -> Tensor:
     """A quantized conv in QDQ form: the activation through QuantizeLinear/DequantizeLinear,
     int8 weights through DequantizeLinear (no rule: irprune must freeze around it)."""
@@ -323,6 +361,9 @@ BLOCKS: dict[str, Callable[[Builder, Draw, Tensor], Tensor]] = {
     "slice": _slice_block,
     "qdq": _qdq_block,
     "if": _if_block,
+    "upsample": _upsample_block,
+    "pad_norm": _pad_norm_block,
+    "gather": _gather_block,
 }
 
 

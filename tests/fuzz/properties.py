@@ -5,7 +5,8 @@ with a message that names the target, or returns a model that
 
 - passes ``onnx.checker`` (full check) and runs in onnxruntime;
 - has the same graph inputs and outputs (names, dtypes, shapes) and opsets;
-- costs a MAC ratio in [target - 0.02, target], counted by tests/oracles.py (no shared code);
+- costs a MAC (or parameter) ratio in [target - 0.02, target], counted by tests/oracles.py
+  (no shared code);
 - for ``drop``: equals the masked original (tests/helpers.py) within 1e-4 relative.
 
 Any other exception is a failure.
@@ -25,7 +26,7 @@ from irprune.errors import TargetError
 from irprune.passes.importance import DATA_DRIVEN, DATA_FREE
 from tests.fuzz.graphs import Case
 from tests.helpers import feeds_for, masked_original, rel_diff, run
-from tests.oracles import count_macs
+from tests.oracles import count_macs, count_params
 
 WINDOW = 0.02
 MASKED_TOL = 1e-4
@@ -33,6 +34,7 @@ MASKED_TOL = 1e-4
 
 @dataclass(frozen=True)
 class Settings:
+    metric: str  # "flops" or "params"
     target: float
     criterion: str
     strategy: str
@@ -50,6 +52,7 @@ def prune_settings(draw: st.DrawFn) -> Settings:
     strategies = ["global", "uniform", *(["sensitivity"] if calib else [])]
     rewrites = ["drop", "merge", "compensate", *(["reconstruct"] if calib else [])]
     return Settings(
+        metric=draw(st.sampled_from(("flops", "flops", "params"))),
         target=draw(st.floats(0.2, 1.0, exclude_min=True, allow_nan=False)),
         criterion=draw(st.sampled_from(criteria)),
         strategy=draw(st.sampled_from(strategies)),
@@ -106,7 +109,8 @@ def check(case: Case, s: Settings) -> str:
     try:
         result = prune(
             model,
-            target_flops=s.target,
+            target_flops=s.target if s.metric == "flops" else None,
+            target_params=s.target if s.metric == "params" else None,
             criterion=s.criterion,
             strategy=s.strategy,
             rewrite=s.rewrite,
@@ -127,9 +131,10 @@ def check(case: Case, s: Settings) -> str:
     feeds = feeds_for(model, batch=2, seed=s.seed + 2)
     got = run(pruned, feeds)
     assert all(np.isfinite(o).all() for o in got), "non-finite outputs"
-    ratio = count_macs(per_sample(pruned)) / count_macs(per_sample(model))
+    count = count_macs if s.metric == "flops" else count_params
+    ratio = count(per_sample(pruned)) / count(per_sample(model))
     assert s.target - WINDOW - 1e-9 <= ratio <= s.target + 1e-9, (
-        f"MAC ratio {ratio:.4f} (oracle) outside [{s.target - WINDOW:.4f}, {s.target:.4f}]"
+        f"{s.metric} ratio {ratio:.4f} (oracle) outside [{s.target - WINDOW:.4f}, {s.target:.4f}]"
     )
     if s.rewrite == "drop" and result.plan is not None:
         expected = run(masked_original(model, result.analysis, result.plan), feeds)

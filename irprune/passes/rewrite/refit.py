@@ -41,6 +41,7 @@ class _Target:
     pruned: Node
     original: Node
     outputs: np.ndarray
+    bias: bool = True  # solve for a bias column
     ata: np.ndarray | None = None
     aty: np.ndarray | None = None
 
@@ -98,7 +99,7 @@ def _conv_cols(node: Node, x: np.ndarray, kernel: tuple[int, ...]) -> np.ndarray
     return cols.reshape(-1, x.shape[1] * int(np.prod(kernel)))
 
 
-def _design(node: Node, x: np.ndarray) -> np.ndarray | None:
+def _design(node: Node, x: np.ndarray, bias: bool = True) -> np.ndarray | None:
     """The matrix X such that the node's output (channels last) is X @ W' (+ bias column)."""
     w = node.required(1).const
     assert w is not None
@@ -118,7 +119,7 @@ def _design(node: Node, x: np.ndarray) -> np.ndarray | None:
         return None
     if cols is None:
         return None
-    if node.op_type == "MatMul":
+    if not bias:
         return cols.astype(np.float64)
     return np.concatenate([cols, np.ones((len(cols), 1), cols.dtype)], axis=1).astype(np.float64)
 
@@ -130,10 +131,9 @@ def _target(node: Node, y: np.ndarray) -> np.ndarray:
     return y.reshape(-1, y.shape[-1]).astype(np.float64)
 
 
-def _write(node: Node, graph: Graph, sol: np.ndarray) -> None:
+def _write(node: Node, graph: Graph, sol: np.ndarray, has_bias: bool) -> None:
     w = node.required(1)
     assert w.const is not None
-    has_bias = node.op_type != "MatMul"
     coef, bias = (sol[:-1], sol[-1]) if has_bias else (sol, None)
     if node.op_type == "Conv":
         new_w = coef.T.reshape(w.const.shape)
@@ -148,25 +148,43 @@ def _write(node: Node, graph: Graph, sol: np.ndarray) -> None:
         shift_output(graph, node, bias.astype(np.float64) - current)
 
 
-def shift_output(graph: Graph, node: Node, delta: np.ndarray) -> None:
+def shift_output(graph: Graph, node: Node, delta: np.ndarray, *, new_params: bool = True) -> None:
     """Add ``delta`` to the node's output channels without adding parameters where possible:
     into its bias; else into the running mean of a BatchNormalization that alone reads the
-    output (BN(y + d) with mean m is BN(y) with mean m - d); else as a new bias input."""
+    output (BN(y + d) with mean m is BN(y) with mean m - d); else as a new bias input, unless
+    ``new_params`` is False (a parameter budget: the shift is then left out)."""
     old = node.input(2)
     own_bias = old is not None and old.const is not None and len(old.uses) == 1
     if own_bias and old is not None and old.const is not None and old.const.shape == delta.shape:
         old.const = (old.const + delta).astype(old.const.dtype)
         return
-    out = node.outputs[0]
-    readers = list(graph.consumers(out))
-    if len(readers) == 1 and readers[0].op_type == "BatchNormalization" and old is None:
-        mean = readers[0].input(3)
-        if mean is not None and mean.const is not None and len(mean.uses) == 1:
-            mean.const = (mean.const - delta).astype(mean.const.dtype)
-            return
+    mean = _absorbing_mean(graph, node)
+    if mean is not None and mean.const is not None:
+        mean.const = (mean.const - delta).astype(mean.const.dtype)
+        return
+    if not new_params:
+        log.info("%s: output shift left out (it would add a bias over the parameter budget)", node)
+        return
     base = old.const if old is not None and old.const is not None else 0.0
     log.info("%s gets a new bias input", node)
     _new_bias(graph, node, np.asarray(base + delta, dtype=np.float32))
+
+
+def _absorbing_mean(graph: Graph, node: Node) -> Value | None:
+    """The running mean of a BatchNormalization that alone reads a bias-less node's output."""
+    readers = list(graph.consumers(node.outputs[0]))
+    if len(readers) != 1 or readers[0].op_type != "BatchNormalization" or node.input(2):
+        return None
+    mean = readers[0].input(3)
+    ok = mean is not None and mean.const is not None and len(mean.uses) == 1
+    return mean if ok else None
+
+
+def shifts_without_new_params(graph: Graph, node: Node) -> bool:
+    """Whether ``shift_output`` can move this node's outputs without adding a parameter."""
+    old = node.input(2)
+    own = old is not None and old.const is not None and len(old.uses) == 1
+    return own or _absorbing_mean(graph, node) is not None
 
 
 def _new_bias(graph: Graph, node: Node, bias: np.ndarray) -> None:
@@ -185,13 +203,16 @@ def refit(
     plan: Plan,
     *,
     ridge: float = 1e-3,
+    new_params: bool = True,
 ) -> int:
-    """Refit every shrunk consumer in place; returns how many were refit."""
+    """Refit every shrunk consumer in place; returns how many were refit. Without
+    ``new_params``, a consumer with nowhere to keep a bias is refit without one."""
     pairs = []
     for p, o in refit_targets(pruned, original):
         outputs = kept_outputs(o, analysis, plan)
         if p.op_type in ("Conv", "Gemm", "MatMul") and outputs is not None:
-            pairs.append(_Target(p, o, outputs))
+            bias = p.op_type != "MatMul" and (new_params or shifts_without_new_params(pruned, p))
+            pairs.append(_Target(p, o, outputs, bias))
     by_node = {id(t.pruned): t for t in pairs}
     done = 0
     for level in levels(pruned, [t.pruned for t in pairs]):
@@ -216,7 +237,7 @@ def _refit_chunk(
         strict=True,
     ):
         for k, t in enumerate(chunk):
-            a = _design(t.pruned, xs[x_names[k]])
+            a = _design(t.pruned, xs[x_names[k]], t.bias)
             if a is None or a.shape[1] > MAX_DIM:
                 skipped.add(k)
                 continue
@@ -230,6 +251,6 @@ def _refit_chunk(
             continue
         lam = ridge * float(np.mean(np.diag(t.ata))) + 1e-12
         sol = np.linalg.solve(t.ata + lam * np.eye(len(t.ata)), t.aty)
-        _write(t.pruned, pruned, sol)
+        _write(t.pruned, pruned, sol, t.bias)
         done += 1
     return done
