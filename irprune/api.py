@@ -20,7 +20,7 @@ from irprune import report as rep
 from irprune.emit import atomic_write, to_model, verify
 from irprune.emit.verify import random_inputs, session
 from irprune.errors import CalibrationError, InvalidModelError, UsageError
-from irprune.frontends.onnx import import_model, read_model
+from irprune.frontends.onnx import external_files, import_model, read_model
 from irprune.ir import Graph
 from irprune.passes.allocation import STRATEGIES, Plan, Target, allocate
 from irprune.passes.analysis.channels import ChannelAnalysis, analyze
@@ -55,10 +55,18 @@ class Result:
     plan: Plan | None = field(default=None, repr=False)
     serialized: bytes | None = field(default=None, repr=False)
     external_data: bool = False  # the input kept its weights in external data
+    source: Path | None = None  # the input file, when given as a path
+    source_data: frozenset[Path] = frozenset()  # the input's external-data files, resolved
 
     def save(self, path: str | Path) -> Path:
         """Write atomically; weights go to ``<path>.data`` when the input kept them in external
-        data or the model is too large for one protobuf file."""
+        data or the model is too large for one protobuf file. The input's own data files are
+        only replaced when ``path`` is the input itself (in place)."""
+        path = Path(path)
+        data = path.with_name(path.name + ".data").resolve()
+        in_place = self.source is not None and self.source.resolve() == path.resolve()
+        if data in self.source_data and not in_place:
+            raise UsageError(f"{data} holds the input's weights; choose another output name")
         external = True if self.external_data else None
         return atomic_write(self.serialized or self.model, path, external_data=external)
 
@@ -243,7 +251,17 @@ def prune(
     report["fidelity_inputs"] = "calibration data" if calib is not None else "random inputs"
     if latency is not None:
         report["latency"] = latency
-    return Result(pruned, report, analysis, plan, serialized=pruned_bytes, external_data=external)
+    source = Path(model) if isinstance(model, str | Path) else None
+    return Result(
+        pruned,
+        report,
+        analysis,
+        plan,
+        serialized=pruned_bytes,
+        external_data=external,
+        source=source,
+        source_data=frozenset(external_files(source)) if external and source else frozenset(),
+    )
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -55,10 +55,10 @@ def _save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def _refused(cli: Cli, src: Path, code: int, *mentions: str, extra: tuple[str, ...] = ()) -> str:
+def _refused(cli: Cli, src: Path, code: int, *mentions: str, out_name: str = "out.onnx") -> str:
     """Prune ``src``; assert one clean error line with ``code``, naming ``mentions``, no file."""
     before = _files(src.parent)
-    got, out, err = cli(src, "--target-flops", "0.5", "-o", src.parent / "out.onnx", *extra)
+    got, out, err = cli(src, "--target-flops", "0.5", "-o", src.parent / out_name)
     assert "Traceback" not in out + err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("irprune: error:"), err
@@ -635,3 +635,13 @@ def test_external_data_location_escaping_the_folder_is_refused(
         "irprune.frontends.onnx.external_data_helper.load_external_data_for_model", opened
     )
     _refused(cli, src, 3, says, repr(location))
+
+
+def test_output_data_file_that_is_the_input_weights_is_refused(tmp_path: Path, cli: Cli) -> None:
+    """-o p.onnx would write p.onnx.data: refused when that is where the input keeps its weights."""
+    src = _external(_plain(), tmp_path)
+    _point_to(src, "p.onnx.data")
+    (tmp_path / "weights.bin").rename(tmp_path / "p.onnx.data")
+    digest = _sha(tmp_path / "p.onnx.data")
+    _refused(cli, src, 2, "p.onnx.data", "input's weights", out_name="p.onnx")
+    assert _sha(tmp_path / "p.onnx.data") == digest

@@ -76,6 +76,20 @@ def read_model(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, b
     return model, external
 
 
+def external_files(path: Path) -> set[Path]:
+    """The resolved external-data files a model file refers to (its weights are not read)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError):
+        return set()
+    return {
+        (path.resolve().parent / e.value).resolve()
+        for t in external_data_helper._get_all_tensors(model)
+        for e in t.external_data
+        if e.key == "location" and e.value
+    }
+
+
 def uses_external_data(model: onnx.ModelProto) -> bool:
     """Whether any tensor of ``model`` (subgraphs and attributes included) lives in a file."""
     return any(
