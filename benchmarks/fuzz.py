@@ -4,7 +4,8 @@ Same generator and properties as tests/fuzz (tests/fuzz/graphs.py, tests/fuzz/pr
 with fresh randomness and without stopping at the first failure: every failing case is recorded
 (its blocks, settings and the error) and its model saved under ``--save`` for reproduction.
 
-Usage: ``python benchmarks/fuzz.py --examples 2000 [--seed S] [--save DIR] [--out FILE.json]``
+Usage: ``python benchmarks/fuzz.py --examples 2000 [--minutes M] [--seed S] [--save DIR]
+[--out FILE.json]``
 Prints graphs tried, outcomes (pruned / target error) and failures; exit 1 on any failure.
 """
 
@@ -29,12 +30,17 @@ from tests.fuzz.graphs import Case, onnx_graphs  # noqa: E402
 from tests.fuzz.properties import Settings, check, prune_settings  # noqa: E402
 
 
+class _TimeUp(BaseException):
+    """Raised inside the hypothesis loop to stop at the time budget (not a test failure)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--examples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: random)")
     p.add_argument("--save", type=Path, default=Path("benchmarks/results/fuzz-failures"))
     p.add_argument("--out", type=Path, default=None, help="write the summary as JSON")
+    p.add_argument("--minutes", type=float, default=None, help="stop after this long")
     args = p.parse_args(argv)
 
     outcomes: Counter[str] = Counter()
@@ -51,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     @given(case=onnx_graphs(), s=prune_settings())
     def one(case: Case, s: Settings) -> None:
+        if args.minutes is not None and time.perf_counter() - start > 60 * args.minutes:
+            raise _TimeUp
         blocks.update(case.blocks)
         try:
             outcome = "?"
@@ -79,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"... {total} graphs, {outcomes['failure']} failures", flush=True)
 
     run = seed(args.seed)(one) if args.seed is not None else one
-    run()
+    try:
+        run()
+    except _TimeUp:
+        print(f"time budget of {args.minutes:g} min reached", flush=True)
     elapsed = time.perf_counter() - start
     tried = sum(outcomes.values())
     summary = {

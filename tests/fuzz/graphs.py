@@ -296,7 +296,8 @@ def _pad_norm_block(b: Builder, draw: Draw, x: Tensor) -> Tensor:
     """Spatial Pad then a 3x3 valid conv, or InstanceNormalization (per-channel scale/bias)."""
     if draw(st.booleans()):
         pads = b.const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64))
-        mode = draw(st.sampled_from(("constant", "reflect", "edge")))
+        modes = ("constant", "reflect", "edge") if min(x.h, x.w) >= 2 else ("constant", "edge")
+        mode = draw(st.sampled_from(modes))  # reflect needs 2 pixels along each padded axis
         (p,) = b.node("Pad", [x.name, pads], mode=mode)
         cout = draw(widths)
         (y,) = b.node("Conv", [p, b.stored_weight("W", b.weight((cout, x.c, 3, 3)))])
