@@ -29,7 +29,7 @@ from irprune.errors import (
     UsageError,
 )
 from irprune.frontends import fx
-from irprune.frontends.onnx import import_model, load_model
+from irprune.frontends.onnx import external_files, import_model, read_model
 from irprune.ir import Graph
 from irprune.passes.allocation import STRATEGIES, Plan, Target, allocate
 from irprune.passes.analysis.channels import ChannelAnalysis, analyze
@@ -64,9 +64,21 @@ class Result:
     analysis: ChannelAnalysis = field(repr=False)
     plan: Plan | None = field(default=None, repr=False)
     serialized: bytes | None = field(default=None, repr=False)
+    external_data: bool = False  # the input kept its weights in external data
+    source: Path | None = None  # the input file, when given as a path
+    source_data: frozenset[Path] = frozenset()  # the input's external-data files, resolved
 
     def save(self, path: str | Path) -> Path:
-        return atomic_write(self.serialized or self.model, path)
+        """Write atomically; weights go to ``<path>.data`` when the input kept them in external
+        data or the model is too large for one protobuf file. The input's own data files are
+        only replaced when ``path`` is the input itself (in place)."""
+        path = Path(path)
+        data = path.with_name(path.name + ".data").resolve()
+        in_place = self.source is not None and self.source.resolve() == path.resolve()
+        if data in self.source_data and not in_place:
+            raise UsageError(f"{data} holds the input's weights; choose another output name")
+        external = True if self.external_data else None
+        return atomic_write(self.serialized or self.model, path, external_data=external)
 
     def to_torch(self) -> Any:
         """The model as a trainable ``irprune.backends.torch.GraphModule`` (torch extra);
@@ -239,8 +251,10 @@ def prune(
         raise UsageError("C-SGD training (--csgd-epochs) needs --rewrite merge and --data")
     timer = _Timer()
     t = time.perf_counter()
-    original = _load(model, example_inputs)
+    original, external = _load(model, example_inputs)
     graph = _import(original)
+    original_bytes = original.SerializeToString()
+    reference_session = _original_session(original_bytes)  # a model ORT cannot load fails here
     t = timer.lap("load", t)
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
@@ -254,8 +268,6 @@ def prune(
     calib_feeds = _calib_feeds(graph, calib)
     scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds, labels=labels)
     t = timer.lap("importance", t)
-    original_bytes = original.SerializeToString()
-    reference_session = _original_session(original_bytes)
     feeds = _feeds(reference_session, calib_feeds, seed)
     latency_feeds = {k: v[:1] for k, v in feeds.items()}
     latency_model = None
@@ -293,15 +305,19 @@ def prune(
     if dry_run:
         report = _report(analysis, cost, plan, target, settings, timer)
         return Result(original, report, analysis, plan)
-    reference = reference_session.run(None, feeds)
+    reference = _run_original(reference_session, feeds)
     del reference_session
     t = timer.lap("reference", t)
     csgd = None
     if csgd_epochs:
         assert data is not None
-        train, labels = _training_data(graph, data)
-        csgd = CsgdOptions(csgd_epochs, train, labels, lr=csgd_lr, epsilon=csgd_epsilon)
-    build = _Build(original, graph, analysis, rewrite, calib_feeds, seed, timer, feeds, csgd)
+        train, train_labels = _training_data(graph, data)
+        csgd = CsgdOptions(csgd_epochs, train, train_labels, lr=csgd_lr, epsilon=csgd_epsilon)
+    # a parameter budget leaves no room for biases the repair would add
+    new_params = target.metric != "params"
+    build = _Build(
+        original, graph, analysis, rewrite, calib_feeds, seed, timer, feeds, csgd, new_params
+    )
     pruned_bytes, outputs = build.run(plan)
     latency = None
     if latency_model is not None:
@@ -320,7 +336,17 @@ def prune(
         report["latency"] = latency
     report.update(build.extra)
     pruned = onnx.ModelProto.FromString(pruned_bytes)
-    return Result(pruned, report, analysis, plan, serialized=pruned_bytes)
+    source = Path(model) if isinstance(model, str | Path) else None
+    return Result(
+        pruned,
+        report,
+        analysis,
+        plan,
+        serialized=pruned_bytes,
+        external_data=external,
+        source=source,
+        source_data=frozenset(external_files(source)) if external and source else frozenset(),
+    )
 
 
 @dataclass
@@ -337,6 +363,7 @@ class _Build:
     timer: _Timer
     feeds: dict[str, np.ndarray] | None = None
     csgd: CsgdOptions | None = None
+    new_params: bool = True  # False under a parameter budget: repairs add no new biases
     extra: dict[str, Any] = field(default_factory=dict)  # what the last rewrite reported
 
     def run(self, plan: Plan) -> tuple[bytes, list[np.ndarray]]:
@@ -345,7 +372,7 @@ class _Build:
         self.graph = None
         self.extra = _rewrite(
             graph, self.original, self.analysis, plan, self.rewrite, self.calib, self.seed,
-            self.csgd,
+            self.csgd, self.new_params,
         )  # fmt: skip
         graph.verify()
         t = self.timer.lap("rewrite", t)
@@ -422,15 +449,16 @@ def _meet_latency(
     return best
 
 
-def _load(model: Any, example_inputs: Any) -> onnx.ModelProto:
-    """The ONNX model to prune: read from a file, passed in, or lowered from a torch module."""
+def _load(model: Any, example_inputs: Any) -> tuple[onnx.ModelProto, bool]:
+    """The ONNX model to prune (read from a file, passed in, or lowered from a torch module)
+    and whether its weights came from external data files."""
     if fx.is_torch_module(model):
         if example_inputs is None:
             raise UsageError("a torch.nn.Module needs example_inputs= (a tensor or tensor tuple)")
-        return fx.to_onnx(model, example_inputs)
+        return fx.to_onnx(model, example_inputs), False
     if example_inputs is not None:
         raise UsageError("example_inputs= is only used with a torch.nn.Module model")
-    return load_model(model)
+    return read_model(model)
 
 
 @dataclass(frozen=True)
@@ -484,6 +512,7 @@ def _rewrite(
     calib: dict[str, np.ndarray] | None,
     seed: int,
     csgd: CsgdOptions | None = None,
+    new_params: bool = True,
 ) -> dict[str, Any]:
     """The chosen rewrite; the calibrated ones repair the dropped model against the original.
     Returns what the report should add (C-SGD training)."""
@@ -497,19 +526,19 @@ def _rewrite(
     if rewrite == "compensate" and calib is None:
         shifts = plan_bn_compensation(graph, analysis, plan)
         drop(graph, analysis, plan)
-        apply_bn_compensation(graph, shifts)
+        apply_bn_compensation(graph, shifts, new_params=new_params)
         return {}
     reference = _import(original) if rewrite in REFERENCE_REWRITES else None
     drop(graph, analysis, plan)
     if reference is None:
         return {}
     if rewrite == "compensate" and calib is not None:
-        compensate_bias(graph, reference, analysis, plan, calib)
+        compensate_bias(graph, reference, analysis, plan, calib, new_params=new_params)
         reestimate_bn(graph, calib)
     elif calib is not None:
         # The refit reproduces each consumer's original (pre-BN) output, so the original BN
         # statistics stay right; re-estimating them would move the model away from the original.
-        refit(graph, reference, calib, analysis, plan)
+        refit(graph, reference, calib, analysis, plan, new_params=new_params)
     return {}
 
 
@@ -519,6 +548,14 @@ def _original_session(original: bytes) -> Any:
     except Exception as exc:  # onnxruntime raises untyped errors
         text = " ".join(str(exc).split())
         raise InvalidModelError(f"onnxruntime cannot load the input model: {text}") from exc
+
+
+def _run_original(sess: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        return list(sess.run(None, feeds))
+    except Exception as exc:  # onnxruntime raises untyped errors
+        text = " ".join(str(exc).split())
+        raise InvalidModelError(f"onnxruntime cannot run the input model: {text}") from exc
 
 
 def _calib_feeds(graph: Graph, calib: Any) -> dict[str, np.ndarray] | None:

@@ -60,7 +60,7 @@ def _prune_parser() -> _Parser:
     from irprune.passes.importance import CRITERIA
 
     p = _Parser(prog="irprune", description="Structured pruning of ONNX models.")
-    p.add_argument("model", type=Path, help="input ONNX file (never modified)")
+    p.add_argument("model", type=Path, help="input ONNX file (modified only with --in-place)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-flops", type=_fraction, metavar="F")
     target.add_argument("--target-params", type=_fraction, metavar="F")
@@ -71,6 +71,9 @@ def _prune_parser() -> _Parser:
         help="fraction of the original onnxruntime CPU latency (batch 1, --threads), measured here",
     )
     p.add_argument("-o", "--output", type=Path, help="default: MODEL.pruned.onnx")
+    p.add_argument(
+        "--in-place", action="store_true", help="replace MODEL with the result (atomically)"
+    )
     p.add_argument("--criterion", choices=CRITERIA, default="l1")
     p.add_argument("--strategy", choices=STRATEGIES, default="global")
     p.add_argument(
@@ -120,9 +123,13 @@ def _run_prune(args: argparse.Namespace) -> int:
 
     if not args.model.is_file():
         raise UsageError(f"{args.model}: no such file")
+    if args.in_place and args.output is not None:
+        raise UsageError("--in-place writes over the input; it cannot be combined with -o")
     output = args.output or args.model.with_name(args.model.stem + ".pruned.onnx")
-    if output.resolve() == args.model.resolve():
-        raise UsageError("the output path is the input file; choose another with -o")
+    if args.in_place:
+        output = args.model
+    elif output.resolve() == args.model.resolve():
+        raise UsageError("the output path is the input file; choose another with -o or --in-place")
     for path in (output, args.report, args.report_html):
         if path is not None and not path.resolve().parent.is_dir():
             raise UsageError(f"{path}: the folder {path.parent} does not exist")

@@ -35,18 +35,26 @@ def to_model(graph: Graph) -> onnx.ModelProto:
 def _graph_proto(graph: Graph) -> onnx.GraphProto:
     io: dict[str, bytes] = graph.meta.get("io", {})
     boundary = {id(v) for v in (*graph.inputs, *graph.outputs)}
-    inits = [
-        numpy_helper.from_array(np.asarray(v.const), v.name)
-        for v in graph.constants()
-        if v.uses or id(v) in boundary
-    ]
+    inputs = {id(v) for v in graph.inputs}
+    inits: list[onnx.TensorProto] = []
+    casts: list[onnx.NodeProto] = []
+    for v in graph.constants():
+        if not (v.uses or id(v) in boundary):
+            continue
+        if v.storage and v.storage != v.dtype and id(v) not in inputs:
+            stored = _stored_name(graph, v.name)
+            dtype = helper.tensor_dtype_to_np_dtype(v.storage)
+            inits.append(numpy_helper.from_array(np.asarray(v.const).astype(dtype), stored))
+            casts.append(helper.make_node("Cast", [stored], [v.name], to=v.dtype))
+        else:
+            inits.append(numpy_helper.from_array(np.asarray(v.const), v.name))
     value_info = [
         _value_info(v)
         for v in graph.values.values()
         if not v.is_const and id(v) not in boundary and v.shape is not None and v.dtype
     ]
     proto = helper.make_graph(
-        nodes=[_node_proto(n) for n in graph.nodes],
+        nodes=[*casts, *(_node_proto(n) for n in graph.nodes)],
         name=graph.name,
         inputs=[_boundary_info(v, io) for v in graph.inputs],
         outputs=[_boundary_info(v, io) for v in graph.outputs],
@@ -55,6 +63,15 @@ def _graph_proto(graph: Graph) -> onnx.GraphProto:
         value_info=value_info,
     )
     return proto
+
+
+def _stored_name(graph: Graph, name: str) -> str:
+    """A fresh name for the narrow-dtype initializer behind a widening Cast."""
+    stored, k = f"{name}_stored", 0
+    while stored in graph.values:
+        k += 1
+        stored = f"{name}_stored{k}"
+    return stored
 
 
 def _value_info(v: Value) -> onnx.ValueInfoProto:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,9 @@ import onnxruntime as ort
 from irprune.errors import VerificationError
 
 log = logging.getLogger(__name__)
+
+EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes: larger models keep their weights in <output>.data
+EXTERNAL_DATA_MIN_TENSOR = 1024  # bytes: smaller tensors stay inside the model file
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -42,7 +46,7 @@ def session(
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: run-time errors reach the user as our exceptions
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     data = model if isinstance(model, bytes) else model.SerializeToString()
@@ -114,9 +118,22 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(model: onnx.ModelProto | bytes, path: str | Path) -> Path:
-    """Serialize ``model`` to ``path`` via a temporary file and rename; never a partial file."""
+def atomic_write(
+    model: onnx.ModelProto | bytes, path: str | Path, *, external_data: bool | None = None
+) -> Path:
+    """Serialize ``model`` to ``path`` via a temporary file and rename; never a partial file.
+
+    With ``external_data`` (None: when the model is over ``EXTERNAL_DATA_THRESHOLD`` bytes)
+    the weights go to one ``<path>.data`` file next to it, written and renamed the same way
+    (data first, so the model never points at a missing file).
+    """
     path = Path(path)
+    size = len(model) if isinstance(model, bytes) else model.ByteSize()
+    if external_data is None:
+        external_data = size > EXTERNAL_DATA_THRESHOLD
+    if external_data:
+        proto = onnx.ModelProto.FromString(model) if isinstance(model, bytes) else model
+        return _write_external(proto, path)
     data = model if isinstance(model, bytes) else model.SerializeToString()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
@@ -131,3 +148,36 @@ def atomic_write(model: onnx.ModelProto | bytes, path: str | Path) -> Path:
         raise
     log.info("wrote %s (%d bytes)", path, len(data))
     return path
+
+
+def _write_external(model: onnx.ModelProto, path: Path) -> Path:
+    """The model and one ``<path>.data`` file, staged in a hidden folder beside ``path``."""
+    location = f"{path.name}.data"
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or "."))
+    try:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        staged = stage / path.name
+        onnx.save_model(
+            copy,
+            str(staged),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=location,
+            size_threshold=EXTERNAL_DATA_MIN_TENSOR,
+        )
+        for f in (stage / location, staged):
+            if f.exists():
+                _fsync(f)
+        if (stage / location).exists():
+            os.replace(stage / location, path.with_name(location))
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    log.info("wrote %s with external data %s", path, location)
+    return path
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())

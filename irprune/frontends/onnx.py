@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
+from onnx import external_data_helper, numpy_helper
 
 from irprune.errors import InvalidModelError, UsageError
 from irprune.ir import Graph, Node, Opaque, Shape, Value
@@ -27,6 +27,7 @@ from irprune.ir import Graph, Node, Opaque, Shape, Value
 log = logging.getLogger(__name__)
 
 SUPPORTED_OPSETS = range(7, 24)
+MAX_ELEMENTS = 1 << 28  # per value at batch 1 (1 GiB of float32): anything larger is refused
 _SKELETON_MAX_BYTES = 4096  # initializers up to this size stay in the shape-inference skeleton
 
 _SIMPLE_ATTRS = {
@@ -41,8 +42,14 @@ _SIMPLE_ATTRS = {
 
 def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     """Read a model file (with its external data) or pass a ModelProto through."""
+    return read_model(source)[0]
+
+
+def read_model(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """``load_model``, and whether the file kept its weights in external data (the output then
+    does too)."""
     if isinstance(source, onnx.ModelProto):
-        return source
+        return source, False
     if not isinstance(source, str | Path):
         raise UsageError(
             f"cannot prune a {type(source).__name__}: give an ONNX file path, an onnx.ModelProto"
@@ -52,14 +59,69 @@ def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError) as exc:
         raise InvalidModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
-    except OSError as exc:
-        raise InvalidModelError(f"{path}: cannot read external data ({_first_line(exc)})") from exc
     if not model.HasField("graph") or not model.graph.node:
         raise InvalidModelError(f"{path}: not an ONNX model (no graph nodes)")
-    return model
+    external = uses_external_data(model)
+    if external:
+        _check_external_locations(model, path)
+        try:
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise InvalidModelError(
+                f"{path}: cannot read external data ({_first_line(exc)})"
+            ) from exc
+    return model, external
+
+
+def external_files(path: Path) -> set[Path]:
+    """The resolved external-data files a model file refers to (its weights are not read)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError):
+        return set()
+    return {
+        (path.resolve().parent / e.value).resolve()
+        for t in external_data_helper._get_all_tensors(model)
+        for e in t.external_data
+        if e.key == "location" and e.value
+    }
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    """Whether any tensor of ``model`` (subgraphs and attributes included) lives in a file."""
+    return any(
+        external_data_helper.uses_external_data(t)
+        for t in external_data_helper._get_all_tensors(model)
+    )
+
+
+def _check_external_locations(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse external-data locations outside the model's folder, before anything is opened.
+
+    A hostile model can name ``../../etc/passwd`` or an absolute path as a tensor's data file;
+    recent onnx releases refuse these too, but the guard must not depend on the onnx version.
+    Symlinks are resolved, so a link inside the folder pointing out of it is refused as well.
+    """
+    folder = path.resolve().parent
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        where = f"{path}: external data of tensor {tensor.name!r}"
+        if not location:
+            raise InvalidModelError(f"{where} has no location")
+        if Path(location).is_absolute() or "\x00" in location:
+            raise InvalidModelError(f"{where} is an absolute path ({location!r}); refused")
+        target = (folder / location).resolve()
+        if not target.is_relative_to(folder):
+            raise InvalidModelError(
+                f"{where} points outside the model's folder ({location!r}); refused"
+            )
+        if not target.is_file():
+            raise InvalidModelError(f"{where}: {location!r} is missing")
 
 
 def import_model(source: str | Path | onnx.ModelProto) -> Graph:
@@ -70,12 +132,36 @@ def import_model(source: str | Path | onnx.ModelProto) -> Graph:
     graph = _Importer(model, inferred).run()
     if any(_unknown(v.shape) for v in graph.inputs):
         _attach_samples(graph, _infer_shapes(model, bind=True))
+    _check_sizes(graph)
     missing = [
         v.name for v in graph.values.values() if v.const is None and _unknown(v.sample_shape)
     ]
     if missing:
         _probe_samples(model, graph, missing)
+        _check_sizes(graph)
     return graph
+
+
+def _check_sizes(graph: Graph) -> None:
+    """Refuse shapes no run could produce (negative dims) or afford (huge attribute values):
+    every later step runs the model in onnxruntime, which would fail or exhaust memory."""
+    for v in graph.values.values():
+        shape = v.sample_shape
+        if v.const is not None or shape is None:
+            continue
+        dims = [d for d in shape if isinstance(d, int)]
+        where = f"{v.producer.op_type} {v.producer.name!r}" if v.producer else "a graph input"
+        if any(d < 0 for d in dims):
+            raise InvalidModelError(
+                f"{where} gives {v.name!r} the impossible shape {tuple(shape)}: its attributes "
+                "do not fit its inputs (e.g. a kernel larger than the padded input)"
+            )
+        count = int(np.prod(dims, dtype=np.float64)) if dims else 1
+        if count > MAX_ELEMENTS:
+            raise InvalidModelError(
+                f"{where} makes {v.name!r} hold {count:.3g} elements per sample (shape "
+                f"{tuple(shape)}), over the {MAX_ELEMENTS:.3g} limit: check its attributes"
+            )
 
 
 def _unknown(shape: Shape | None) -> bool:
@@ -83,25 +169,38 @@ def _unknown(shape: Shape | None) -> bool:
 
 
 def _probe_samples(model: onnx.ModelProto, graph: Graph, names: list[str]) -> None:
-    """Shapes shape inference cannot see (run-time shape arithmetic), read off one onnxruntime
-    run at batch 1 with those values exposed; models onnxruntime cannot run are left as they are."""
+    """Shapes shape inference cannot see (run-time shape arithmetic, control-flow outputs), read
+    off onnxruntime runs with those values exposed; models onnxruntime cannot run are left as
+    they are. The run at batch 1 gives per-sample shapes; a value shape inference could not type
+    at all also takes its dtype and rank from it, with the dims that change in a run at batch 2
+    left unknown, so the written value_info never pins the batch."""
     from irprune.emit.verify import random_inputs, session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
-    wanted = [n for n in names if graph.values[n].dtype]
-    for name in wanted:
+    for name in names:
         if name not in known:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
         sess = session(probe)
-        arrays = sess.run(wanted, random_inputs(sess, batch=1))
+        runs = [sess.run(names, random_inputs(sess, batch=1))]
+        if any(graph.values[n].shape is None for n in names):
+            runs.append(sess.run(names, random_inputs(sess, batch=2)))
     except Exception as exc:  # onnxruntime raises untyped errors
         log.info("shape probe skipped: %s", _first_line(exc))
         return
-    for name, array in zip(wanted, arrays, strict=True):
-        graph.values[name].sample = tuple(int(d) for d in np.shape(array))
+    for k, name in enumerate(names):
+        arrays = [run[k] for run in runs]
+        if not all(isinstance(a, np.ndarray) for a in arrays):
+            continue  # a sequence or optional value: not a tensor
+        value = graph.values[name]
+        value.sample = tuple(int(d) for d in arrays[0].shape)
+        if value.shape is None and len(arrays) > 1 and arrays[0].ndim == arrays[1].ndim:
+            value.dtype = value.dtype or _np_to_onnx(arrays[0].dtype)
+            value.shape = tuple(
+                a if a == b else None for a, b in zip(arrays[0].shape, arrays[1].shape, strict=True)
+            )
 
 
 def _attach_samples(graph: Graph, types: dict[str, onnx.TypeProto]) -> None:
@@ -130,13 +229,49 @@ def _check_opsets(model: onnx.ModelProto) -> None:
 def _infer_shapes(model: onnx.ModelProto, *, bind: bool = False) -> dict[str, onnx.TypeProto]:
     """Types of every value shape inference can reach, computed on a weight-free skeleton.
 
-    With ``bind``, symbolic dims of the graph inputs are set to 1 first: dims that depend on
-    the batch through run-time shape arithmetic become known, for per-sample costs.
+    The file's own ``value_info`` is a hint, not the truth: shapes are inferred without it and
+    with it, and an entry (or what inference derived from it) is kept only where it agrees with
+    the inference without it (same dtype and rank, equal static dims). It still carries what
+    inference alone cannot see: symbolic dim names, outputs of ops without a schema. With
+    ``bind``, symbolic dims of the graph inputs are set to 1 first (the hints are dropped): dims
+    that depend on the batch through run-time shape arithmetic become known, for per-sample costs.
     """
+    clean = _infer_on_skeleton(model, [], bind=bind)
+    if bind or not model.graph.value_info:
+        return clean
+    try:
+        hinted = _infer_on_skeleton(model, list(model.graph.value_info), bind=False)
+    except InvalidModelError as exc:
+        log.info("the model's value_info contradicts shape inference (%s); ignored", exc)
+        return clean
+    merged = dict(clean)
+    for name, tp in hinted.items():
+        if name not in clean or _agree(clean[name], tp):
+            merged[name] = tp
+        else:
+            log.info("value_info of %r disagrees with shape inference; ignored", name)
+    return merged
+
+
+def _agree(a: onnx.TypeProto, b: onnx.TypeProto) -> bool:
+    (ta, sa), (tb, sb) = tensor_shape(a), tensor_shape(b)
+    if ta and tb and ta != tb:
+        return False
+    if sa is None or sb is None:
+        return True
+    return len(sa) == len(sb) and all(
+        x == y for x, y in zip(sa, sb, strict=True) if isinstance(x, int) and isinstance(y, int)
+    )
+
+
+def _infer_on_skeleton(
+    model: onnx.ModelProto, value_info: list[onnx.ValueInfoProto], *, bind: bool
+) -> dict[str, onnx.TypeProto]:
     skeleton = _template(model)
     g, mg = skeleton.graph, model.graph
-    for field_name in ("node", "input", "output", "value_info"):
+    for field_name in ("node", "input", "output"):
         getattr(g, field_name).extend(getattr(mg, field_name))
+    g.value_info.extend(value_info)
     graph_inputs = {i.name for i in model.graph.input}
     for init in model.graph.initializer:
         if _tensor_nbytes(init) <= _SKELETON_MAX_BYTES:
@@ -230,13 +365,22 @@ class _Importer:
             raise InvalidModelError(f"value {name!r} is defined twice")
         return self.graph.add_value(Value(name, dtype, tuple(array.shape), const=array))
 
-    def _value(self, name: str) -> Value | None:
+    def _value(self, name: str, proto: onnx.NodeProto) -> Value | None:
         if not name:
             return None
         value = self.graph.values.get(name)
-        if value is None:
-            raise InvalidModelError(f"value {name!r} is used before it is defined")
-        return value
+        if value is not None:
+            return value
+        reader = f"{proto.op_type} {proto.name!r}" if proto.name else proto.op_type
+        if any(name in n.output for n in self.model.graph.node):
+            raise InvalidModelError(
+                f"{reader} reads {name!r} before the node producing it: the graph has a cycle "
+                "or its nodes are not in topological order"
+            )
+        raise InvalidModelError(
+            f"{reader} reads {name!r}, which no initializer, graph input or node provides "
+            "(a missing initializer?)"
+        )
 
     def _node(self, proto: onnx.NodeProto) -> Node | None:
         """The IR node of ``proto`` with its output values added; None for a Constant, which
@@ -246,7 +390,7 @@ class _Importer:
             array = _constant_value(proto)
             self._add_const(proto.output[0], array, _np_to_onnx(array.dtype))
             return None
-        inputs = tuple(self._value(n) for n in proto.input)
+        inputs = tuple(self._value(n, proto) for n in proto.input)
         outputs = []
         for name in proto.output:
             if not name:

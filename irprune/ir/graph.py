@@ -47,6 +47,9 @@ class Value:
     producer: Node | None = field(default=None, repr=False)
     uses: list[tuple[Node, int]] = field(default_factory=list, repr=False)
     sample: Shape | None = field(default=None, repr=False)  # shape at batch 1, for costs
+    # For a constant: the narrower dtype the model stored it in before a folded widening Cast
+    # (fp16/bf16 weights cast to float); the emitter stores it so again. 0: stored as ``dtype``.
+    storage: int = 0
 
     @property
     def is_const(self) -> bool:

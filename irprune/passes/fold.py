@@ -25,7 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from irprune.ir import Graph, Node, Opaque
+from irprune.ir import Graph, Node, Opaque, Value
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,34 @@ INTEGER_MATH = frozenset(
 def fold_constants(graph: Graph) -> int:
     """Fold every foldable node in topological order; returns how many were folded."""
     opset = graph.opset_imports.get("", 17)
-    folded = graph.fold_nodes(lambda node: _evaluate(graph, node, opset))
+    narrowed: list[tuple[Value, int]] = []
+
+    def evaluate(node: Node) -> list[np.ndarray] | None:
+        arrays = _evaluate(graph, node, opset)
+        if arrays is not None:
+            narrowed.append((node.outputs[0], _narrow_storage(node)))
+        return arrays
+
+    folded = graph.fold_nodes(evaluate)
+    for value, storage in narrowed:
+        value.storage = storage
     if folded:
         log.info("folded %d constant nodes", folded)
     return folded
+
+
+_NARROW_FLOATS = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+_WIDE_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+
+
+def _narrow_storage(node: Node) -> int:
+    """The dtype to keep storing a folded ``Cast`` result in: weights kept as fp16/bf16 and
+    cast to float at run time stay that small in the written model (0: no narrower storage)."""
+    if node.op_type != "Cast" or not node.inputs or node.inputs[0] is None:
+        return 0
+    src, out = node.inputs[0], node.outputs[0]
+    stored = src.storage or src.dtype
+    return stored if stored in _NARROW_FLOATS and out.dtype in _WIDE_FLOATS else 0
 
 
 def _evaluate(graph: Graph, node: Node, opset: int) -> list[np.ndarray] | None:

@@ -12,6 +12,7 @@ from onnx import helper
 from irprune.api import prune
 from irprune.demo import build_demo_model
 from irprune.emit import to_model
+from irprune.errors import InvalidModelError
 from irprune.frontends.onnx import import_model
 from tests.conftest import REFERENCE, STYLES
 from tests.helpers import feeds_for, make_model, run
@@ -158,3 +159,115 @@ def test_unsupported_model_object_is_a_usage_error() -> None:
 
     with pytest.raises(UsageError, match="cannot prune a dict"):
         prune({"not": "a model"}, target_flops=0.5)  # type: ignore[arg-type]
+
+
+# --- regressions from tests/test_hostile.py --------------------------------------------------
+
+
+def _two_convs() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1] * 4),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], pads=[1] * 4),
+    ]
+    inits = {
+        "w1": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+        "w2": rng.standard_normal((4, 8, 3, 3)).astype(np.float32),
+    }
+    return make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", ["N", 4, 8, 8])], inits)
+
+
+def test_value_info_contradicting_inference_is_ignored() -> None:
+    model = _two_convs()
+    model.graph.value_info.extend(
+        [
+            helper.make_tensor_value_info("c1", onnx.TensorProto.FLOAT, [1, 99, 3, 3]),
+            helper.make_tensor_value_info("r1", onnx.TensorProto.FLOAT, [7]),
+        ]
+    )
+    graph = import_model(model)
+    assert graph.values["c1"].shape == ("N", 8, 8, 8)
+    assert graph.values["r1"].shape == ("N", 8, 8, 8)
+
+
+def test_missing_initializer_and_cycle_are_named() -> None:
+    model = _two_convs()
+    del model.graph.initializer[1]
+    with pytest.raises(InvalidModelError, match=r"'w2', which no initializer.*missing initializer"):
+        import_model(model)
+    model = _two_convs()
+    model.graph.node[0].input[0] = "r1"
+    with pytest.raises(InvalidModelError, match=r"'r1' before the node producing it.*cycle"):
+        import_model(model)
+
+
+@pytest.mark.parametrize(
+    ("attr", "value", "says"),
+    [("kernel_shape", [10**9] * 2, "impossible shape"), ("pads", [10**5] * 4, "elements")],
+)
+def test_impossible_or_huge_shapes_are_refused_before_onnxruntime(
+    attr: str, value: list[int], says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _two_convs()
+    conv = model.graph.node[0]
+    kept = [a for a in conv.attribute if a.name != attr]
+    del conv.attribute[:]
+    conv.attribute.extend([*kept, helper.make_attribute(attr, value)])
+
+    def no_session(*args: object, **kwargs: object) -> None:
+        raise AssertionError("onnxruntime was asked to run it")
+
+    import importlib
+
+    verify_module = importlib.import_module("irprune.emit.verify")  # not the same-named function
+    monkeypatch.setattr(verify_module, "session", no_session)
+    with pytest.raises(InvalidModelError, match=says):
+        import_model(model)
+
+
+def test_values_after_a_loop_get_dtype_and_shape_from_the_probe() -> None:
+    """ONNX shape inference cannot type a Loop's carried output; one onnxruntime run at batch 1
+    and one at batch 2 give the dtype, the static dims, and leave the batch unknown."""
+    model = _two_convs()
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+            helper.make_node("Add", ["acc_in", "r1"], ["acc_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+            helper.make_tensor_value_info("c_in", onnx.TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", onnx.TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", onnx.TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", onnx.TensorProto.FLOAT, None),
+        ],
+    )
+    model.graph.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(np.array(2, np.int64), "trip"),
+            onnx.numpy_helper.from_array(np.array(True), "cond"),
+        ]
+    )
+    model.graph.node.insert(2, helper.make_node("Loop", ["trip", "cond", "r1"], ["l"], body=body))
+    model.graph.node[3].input[0] = "l"
+    graph = import_model(model)
+    assert graph.values["l"].dtype == onnx.TensorProto.FLOAT
+    assert graph.values["l"].shape == (None, 8, 8, 8)
+    assert graph.values["l"].sample_shape == (1, 8, 8, 8)
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path: Path) -> None:
+    model = _two_convs()
+    onnx.save(model, str(tmp_path / "m.onnx"), save_as_external_data=True, size_threshold=0)
+    stored = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    for t in stored.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../elsewhere.bin"
+    (tmp_path / "m.onnx").write_bytes(stored.SerializeToString())
+    with pytest.raises(InvalidModelError, match="outside the model's folder"):
+        import_model(tmp_path / "m.onnx")

@@ -91,3 +91,30 @@ def test_float_arithmetic_is_not_folded() -> None:
     graph = import_model(model)
     assert fold_constants(graph) == 1
     assert graph.values["wt"].is_const and not graph.values["wk"].is_const
+
+
+def test_fp16_weights_behind_a_cast_are_written_back_fp16() -> None:
+    """Regression (tests/test_hostile.py): folding Cast(fp16 weight) wrote the pruned weight as
+    float32, doubling the file of a model stored in half precision."""
+    from onnx import TensorProto, numpy_helper
+
+    w = RNG.standard_normal((8, 3, 3, 3)).astype(np.float16)
+    w2 = RNG.standard_normal((4, 8, 1, 1)).astype(np.float16)
+    nodes = [
+        helper.make_node("Cast", ["w16"], ["w"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["w2_16"], ["w2"], to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"]),
+    ]
+    model = make_model(
+        nodes, [("x", ["N", 3, 8, 8])], [("y", ["N", 4, 8, 8])], {"w16": w, "w2_16": w2}
+    )
+    result = prune(model, target_flops=0.5, round_to=1, rewrite="drop", measure_latency=False)
+    inits = {t.name: t for t in result.model.graph.initializer}
+    assert {t.data_type for t in inits.values()} == {TensorProto.FLOAT16}
+    casts = [n for n in result.model.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 2 and all(n.input[0] in inits for n in casts)
+    kept = inits[casts[0].input[0]]
+    assert kept.dims[0] < 8  # sliced, and the values are the original fp16 ones
+    assert np.isin(numpy_helper.to_array(kept), w).all()

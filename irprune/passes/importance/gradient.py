@@ -132,7 +132,10 @@ def scores(
     for chunk, chunk_labels in _chunks(calib, labels, batch):
         module.zero_grad(set_to_none=True)
         outs = module.run(chunk)
-        _loss(torch, module, outs, chunk_labels, gen).backward()
+        loss = _loss(torch, module, outs, chunk_labels, gen)
+        if not loss.requires_grad:  # no scored parameter reaches the outputs: all gradients 0
+            continue
+        loss.backward()
         reduced: dict[tuple[str, int], np.ndarray] = {}
         for gid, group in slices.items():
             per_batch = np.zeros_like(totals[gid])

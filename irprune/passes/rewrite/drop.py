@@ -109,6 +109,12 @@ def _apply(
             elif len(old.uses) == 1 and not graph.is_graph_output(old):
                 old.const, old.shape = data, tuple(data.shape)
             else:
-                clone = Value(graph.unique_name(old.name), old.dtype, tuple(data.shape), const=data)
+                clone = Value(
+                    graph.unique_name(old.name),
+                    old.dtype,
+                    tuple(data.shape),
+                    const=data,
+                    storage=old.storage,
+                )
                 graph.add_value(clone)
                 graph.set_input(node, i, clone)

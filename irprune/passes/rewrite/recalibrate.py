@@ -78,8 +78,11 @@ def compensate_bias(
     analysis: ChannelAnalysis,
     plan: Plan,
     calib: Mapping[str, np.ndarray],
+    *,
+    new_params: bool = True,
 ) -> int:
-    """Fold the dropped channels' expected contribution into each consumer's bias."""
+    """Fold the dropped channels' expected contribution into each consumer's bias (without
+    ``new_params``, only where a bias or a BatchNormalization can take it)."""
     pairs = [(p, o) for p, o in refit_targets(pruned, original) if p.op_type in ("Conv", "Gemm")]
     moments = _Moments()
     run_exposed(
@@ -90,7 +93,7 @@ def compensate_bias(
         delta = _expected_contribution(o_node, analysis, plan, moments)
         if delta is None:
             continue
-        shift_output(pruned, p_node, delta)
+        shift_output(pruned, p_node, delta, new_params=new_params)
         done += 1
     log.info("bias-compensated %d consumers", done)
     return done
@@ -165,10 +168,10 @@ def plan_bn_compensation(graph: Graph, analysis: ChannelAnalysis, plan: Plan) ->
     return shifts
 
 
-def apply_bn_compensation(graph: Graph, shifts: list[Shift]) -> int:
+def apply_bn_compensation(graph: Graph, shifts: list[Shift], *, new_params: bool = True) -> int:
     """Apply ``plan_bn_compensation``'s shifts to the dropped graph (its nodes survive drop)."""
     for node, delta, lost in shifts:
-        shift_output(graph, node, delta)
+        shift_output(graph, node, delta, new_params=new_params)
         if lost is not None:
             _shrink_next_bn_var(graph, node, lost)
     log.info("bias-compensated %d consumers from BN statistics", len(shifts))

@@ -46,6 +46,7 @@ class _Target:
     pruned: Node
     original: Node
     outputs: np.ndarray
+    bias: bool = True  # solve for a bias column
     ata: np.ndarray | None = None
     aty: np.ndarray | None = None
 
@@ -109,7 +110,9 @@ def _conv_cols(
     return gathered.reshape(-1, x.shape[1] * int(np.prod(kernel)))
 
 
-def _design(node: Node, x: np.ndarray, pick: _Pick) -> tuple[np.ndarray, np.ndarray | None]:
+def _design(
+    node: Node, x: np.ndarray, pick: _Pick, bias: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The matrix X such that the node's output (channels last) is X @ W' (+ bias column),
     on the rows ``pick`` chose (returned too; None = all). Empty X: unsupported."""
     w = node.required(1).const
@@ -138,7 +141,7 @@ def _design(node: Node, x: np.ndarray, pick: _Pick) -> tuple[np.ndarray, np.ndar
         cols = None
     if cols is None:
         return np.zeros((0, 0)), None
-    if node.op_type != "MatMul":
+    if bias:
         cols = np.concatenate([cols, np.ones((len(cols), 1), cols.dtype)], axis=1)
     return cols.astype(np.float64), rows[0]
 
@@ -147,15 +150,15 @@ def _take(a: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     return a if rows is None else a[rows]
 
 
-def _unknowns(node: Node) -> int | None:
-    """Columns of the design matrix: the weight's input side (+ 1 bias column but MatMul)."""
+def _unknowns(node: Node, bias: bool) -> int | None:
+    """Columns of the design matrix: the weight's input side (+ 1 bias column if solved)."""
     w = node.required(1).const
     if w is None:
         return None
     if node.op_type == "Conv":
-        return int(np.prod(w.shape[1:])) + 1
+        return int(np.prod(w.shape[1:])) + int(bias)
     if node.op_type == "Gemm":
-        return int(w.shape[1] if node.attr("transB", 0) else w.shape[0]) + 1
+        return int(w.shape[1] if node.attr("transB", 0) else w.shape[0]) + int(bias)
     if node.op_type == "MatMul" and w.ndim == 2:
         return int(w.shape[0])
     return None
@@ -168,10 +171,9 @@ def _target(node: Node, y: np.ndarray) -> np.ndarray:
     return y.reshape(-1, y.shape[-1]).astype(np.float64)
 
 
-def _write(node: Node, graph: Graph, sol: np.ndarray) -> None:
+def _write(node: Node, graph: Graph, sol: np.ndarray, has_bias: bool) -> None:
     w = node.required(1)
     assert w.const is not None
-    has_bias = node.op_type != "MatMul"
     coef, bias = (sol[:-1], sol[-1]) if has_bias else (sol, None)
     if node.op_type == "Conv":
         new_w = coef.T.reshape(w.const.shape)
@@ -186,25 +188,43 @@ def _write(node: Node, graph: Graph, sol: np.ndarray) -> None:
         shift_output(graph, node, bias.astype(np.float64) - current)
 
 
-def shift_output(graph: Graph, node: Node, delta: np.ndarray) -> None:
+def shift_output(graph: Graph, node: Node, delta: np.ndarray, *, new_params: bool = True) -> None:
     """Add ``delta`` to the node's output channels without adding parameters where possible:
     into its bias; else into the running mean of a BatchNormalization that alone reads the
-    output (BN(y + d) with mean m is BN(y) with mean m - d); else as a new bias input."""
+    output (BN(y + d) with mean m is BN(y) with mean m - d); else as a new bias input, unless
+    ``new_params`` is False (a parameter budget: the shift is then left out)."""
     old = node.input(2)
     own_bias = old is not None and old.const is not None and len(old.uses) == 1
     if own_bias and old is not None and old.const is not None and old.const.shape == delta.shape:
         old.const = (old.const + delta).astype(old.const.dtype)
         return
-    out = node.outputs[0]
-    readers = list(graph.consumers(out))
-    if len(readers) == 1 and readers[0].op_type == "BatchNormalization" and old is None:
-        mean = readers[0].input(3)
-        if mean is not None and mean.const is not None and len(mean.uses) == 1:
-            mean.const = (mean.const - delta).astype(mean.const.dtype)
-            return
+    mean = _absorbing_mean(graph, node)
+    if mean is not None and mean.const is not None:
+        mean.const = (mean.const - delta).astype(mean.const.dtype)
+        return
+    if not new_params:
+        log.info("%s: output shift left out (it would add a bias over the parameter budget)", node)
+        return
     base = old.const if old is not None and old.const is not None else 0.0
     log.info("%s gets a new bias input", node)
     _new_bias(graph, node, np.asarray(base + delta, dtype=np.float32))
+
+
+def _absorbing_mean(graph: Graph, node: Node) -> Value | None:
+    """The running mean of a BatchNormalization that alone reads a bias-less node's output."""
+    readers = list(graph.consumers(node.outputs[0]))
+    if len(readers) != 1 or readers[0].op_type != "BatchNormalization" or node.input(2):
+        return None
+    mean = readers[0].input(3)
+    ok = mean is not None and mean.const is not None and len(mean.uses) == 1
+    return mean if ok else None
+
+
+def shifts_without_new_params(graph: Graph, node: Node) -> bool:
+    """Whether ``shift_output`` can move this node's outputs without adding a parameter."""
+    old = node.input(2)
+    own = old is not None and old.const is not None and len(old.uses) == 1
+    return own or _absorbing_mean(graph, node) is not None
 
 
 def _new_bias(graph: Graph, node: Node, bias: np.ndarray) -> None:
@@ -223,13 +243,16 @@ def refit(
     plan: Plan,
     *,
     ridge: float = 1e-3,
+    new_params: bool = True,
 ) -> int:
-    """Refit every shrunk consumer in place; returns how many were refit."""
+    """Refit every shrunk consumer in place; returns how many were refit. Without
+    ``new_params``, a consumer with nowhere to keep a bias is refit without one."""
     pairs = []
     for p, o in refit_targets(pruned, original):
         outputs = kept_outputs(o, analysis, plan)
         if p.op_type in ("Conv", "Gemm", "MatMul") and outputs is not None:
-            pairs.append(_Target(p, o, outputs))
+            bias = p.op_type != "MatMul" and (new_params or shifts_without_new_params(pruned, p))
+            pairs.append(_Target(p, o, outputs, bias))
     by_node = {id(t.pruned): t for t in pairs}
     done = 0
     for level in levels(pruned, [t.pruned for t in pairs]):
@@ -273,11 +296,11 @@ def _refit_chunk(
     ):
         for k, t in enumerate(chunk):
             x = xs[x_names[k]]
-            d = _unknowns(t.pruned)
+            d = _unknowns(t.pruned, t.bias)
             if d is None or d > MAX_DIM:
                 skipped.add(k)
                 continue
-            a, rows = _design(t.pruned, x, _picker(len(x) / total, d, rng))
+            a, rows = _design(t.pruned, x, _picker(len(x) / total, d, rng), t.bias)
             if not a.size:
                 skipped.add(k)
                 continue
@@ -291,6 +314,6 @@ def _refit_chunk(
             continue
         lam = ridge * float(np.mean(np.diag(t.ata))) + 1e-12
         sol = np.linalg.solve(t.ata + lam * np.eye(len(t.ata)), t.aty)
-        _write(t.pruned, pruned, sol)
+        _write(t.pruned, pruned, sol, t.bias)
         done += 1
     return done

@@ -45,3 +45,31 @@ def test_runtime_reshape_after_symbolic_batch_is_counted() -> None:
     cost = build_cost_model(graph, analyze(graph))
     assert cost.macs_at(cost.base_widths) == 64 * 16 * 8 * 9 + 64 * 16 * 16 * 9
     assert cost.unknown == ()
+
+
+def test_conv_with_a_computed_weight_is_counted() -> None:
+    """Regression (tests/test_hostile.py, QDQ): a Conv whose weight comes out of
+    DequantizeLinear cost nothing, so a pruned QDQ model overshot its MAC target."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.ones((16, 8, 3, 3), np.int8), "qw"),
+        numpy_helper.from_array(np.float32(0.1), "s"),
+        numpy_helper.from_array(np.int8(0), "z"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["qw", "s", "z"], ["w"]),
+        helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    ir = import_model(model)
+    cost = build_cost_model(ir, analyze(ir))
+    assert cost.macs_at(cost.base_widths) == 64 * 16 * 8 * 9

@@ -129,3 +129,30 @@ def test_data_free_compensation_uses_bn_statistics() -> None:
     assert rel_diff(expected, run(comp.model, test)[0]) <= 1e-3
     dropped = prune(model, rewrite="drop", criterion="bn", **kw)
     assert rel_diff(expected, run(dropped.model, test)[0]) > 1e-2
+
+
+@pytest.mark.parametrize("rewrite", ["reconstruct", "compensate"])
+def test_a_parameter_budget_gets_no_new_biases(rewrite: str) -> None:
+    """Regression (benchmarks/fuzz.py): repairing a bias-less consumer added a bias, so a
+    --target-params run ended a few parameters over its budget."""
+    from tests.oracles import count_params
+
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1] * 4),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1] * 4),  # no bias input
+    ]
+    inits = {
+        "w1": rng.standard_normal((16, 3, 3, 3)).astype(np.float32),
+        "b1": rng.standard_normal(16).astype(np.float32),
+        "w2": rng.standard_normal((4, 16, 3, 3)).astype(np.float32),
+    }
+    model = make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", ["N", 4, 8, 8])], inits)
+    calib = {"x": rng.standard_normal((16, 3, 8, 8)).astype(np.float32)}
+    settings = dict(rewrite=rewrite, calib=calib, round_to=1, measure_latency=False)
+    by_macs = prune(model, target_flops=0.5, **settings)  # type: ignore[arg-type]
+    assert len(by_macs.model.graph.initializer) == 4  # the repair's bias is welcome here
+    by_params = prune(model, target_params=0.5, **settings)  # type: ignore[arg-type]
+    assert len(by_params.model.graph.initializer) == 3
+    assert count_params(by_params.model) / count_params(model) <= 0.5

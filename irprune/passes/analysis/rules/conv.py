@@ -125,11 +125,13 @@ def _conv_rewrite(node: Node, view: RewriteView) -> NodeEdit | None:
 def _conv_macs(node: Node, transposed: bool = False) -> list[Term]:
     w = node.required(1)
     spatial = node.required(0) if transposed else node.outputs[0]
-    if w.const is None:
+    # A computed weight (QDQ's DequantizeLinear, a graph input) costs the same as a constant one.
+    w_rank = w.const.ndim if w.const is not None else w.rank
+    if w_rank is None:
         return []
     rank = spatial.rank or 0
     dims = tuple((spatial, a) for a in range(rank) if a != 1)
-    return [Term(1.0, (*dims, *((w, a) for a in range(w.const.ndim))))]
+    return [Term(1.0, (*dims, *((w, a) for a in range(w_rank))))]
 
 
 def _norm(ctx: Context, node: Node) -> None:
