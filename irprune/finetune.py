@@ -204,7 +204,7 @@ def _loss(
     taught: Mapping[str, np.ndarray] | None,
     temperature: float,
 ) -> torch.Tensor:
-    from irprune.passes.importance.gradient import is_classifier
+    from irprune.passes.importance.gradient import is_classifier, task_loss
 
     F = torch.nn.functional
     total = torch.zeros(())
@@ -213,11 +213,7 @@ def _loss(
             continue
         given = labels.get(name, labels.get(i))
         if given is not None:
-            target = torch.from_numpy(np.asarray(given))
-            if is_classifier(out) and not target.is_floating_point():
-                total = total + F.cross_entropy(out, target.long())
-            else:
-                total = total + F.mse_loss(out, target.to(out.dtype).reshape(out.shape))
+            total = total + task_loss(out, given)
         if taught is not None and name in taught:
             t = torch.from_numpy(np.asarray(taught[name])).to(out.dtype)
             if is_classifier(out):

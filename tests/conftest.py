@@ -57,3 +57,20 @@ def zoo_onnx() -> Callable[[str, str], Path]:
         return cached_zoo_export(name, style, CACHE)
 
     return get
+
+
+CliRun = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> CliRun:
+    """Run ``irprune`` in-process; returns (exit code, stdout, stderr)."""
+    from irprune.cli import main
+
+    def run(*argv: str | Path) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

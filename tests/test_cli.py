@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 import pytest
 
-from irprune.cli import main
 from irprune.demo import build_demo_model
 from tests.oracles import count_macs, count_params
 
@@ -38,19 +37,6 @@ def demo_path(tmp_path: Path) -> Path:
     path = tmp_path / "demo.onnx"
     onnx.save(build_demo_model(seed=0), str(path))
     return path
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
-    """Run ``irprune`` in-process; returns (exit code, stdout, stderr)."""
-
-    def run(*argv: str | Path) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def _run_module(*argv: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:

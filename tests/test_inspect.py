@@ -15,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 from onnx import helper
 
-from irprune.cli import main
 from irprune.inspect import inspect_model, to_dot
 from tests.helpers import make_model
 
@@ -169,17 +167,6 @@ def test_hostile_node_names_stay_inside_their_label(tmp_path: Path) -> None:
     label = label_text(dot.nodes[f"g{gid}"]["label"])
     # the whole name is the label's last line(s); a final backslash gets a space after it
     assert label.endswith("\nprunable\n" + HOSTILE + " ")
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
-    def run(*argv: str | Path) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def test_cli_dot_to_stdout_and_to_a_file(

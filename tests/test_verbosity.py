@@ -13,21 +13,10 @@ import onnx
 import pytest
 
 import irprune.api
-from irprune.cli import EXIT_CODES, main
+from irprune.cli import EXIT_CODES
 from irprune.demo import build_demo_model
 
 Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Run:
-    def run(*argv: str | Path) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @pytest.fixture

@@ -182,6 +182,17 @@ def is_classifier(output: torch.Tensor) -> bool:
     return output.dim() == 2 and output.shape[1] > 1 and output.is_floating_point()
 
 
+def task_loss(out: torch.Tensor, given: np.ndarray) -> torch.Tensor:
+    """Cross-entropy for integer labels of a classifier output, else MSE to the given values."""
+    import torch
+    from torch.nn import functional as F
+
+    target = torch.from_numpy(np.asarray(given))
+    if is_classifier(out) and not target.is_floating_point():
+        return F.cross_entropy(out, target.long())
+    return F.mse_loss(out, target.to(out.dtype).reshape(out.shape))
+
+
 def _loss(
     torch: Any,
     module: GraphModule,
@@ -197,11 +208,7 @@ def _loss(
         given = labels.get(name, labels.get(i))
         teacher = out.detach()
         if given is not None:
-            target = torch.from_numpy(np.asarray(given))
-            if is_classifier(out) and not target.is_floating_point():
-                total = total + F.cross_entropy(out, target.long())
-            else:
-                total = total + F.mse_loss(out, target.to(out.dtype).reshape(out.shape))
+            total = total + task_loss(out, given)
         elif is_classifier(out):
             drawn = torch.multinomial(F.softmax(teacher, dim=1), 1, generator=gen).squeeze(1)
             total = total + F.cross_entropy(out, drawn)
