@@ -339,8 +339,15 @@ def batch_norm_training(call: Call, a: Args) -> Out:
 
 
 def _instance_norm(call: Call, a: Args) -> Out:
+    """y = scale * (x - mean) / sqrt(var + eps) + bias over each sample's and channel's spatial
+    axes (written out: torch's instance_norm refuses a single spatial element, ONNX gives bias)."""
     x, scale, bias = arg(a, 0), arg(a, 1), arg(a, 2)
-    return F.instance_norm(x, weight=scale, bias=bias, eps=float(call.attr("epsilon", 1e-5)))
+    axes = tuple(range(2, x.dim()))
+    mean = x.mean(dim=axes, keepdim=True)
+    var = x.var(dim=axes, unbiased=False, keepdim=True)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    eps = float(call.attr("epsilon", 1e-5))
+    return (x - mean) / torch.sqrt(var + eps) * scale.reshape(shape) + bias.reshape(shape)
 
 
 def _layer_norm(call: Call, a: Args) -> Out:

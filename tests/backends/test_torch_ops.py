@@ -222,3 +222,28 @@ def import_model_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     backend, which must name the op."""
     import_model(model)  # the frontend accepts it
     return model
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_instance_norm_of_a_single_spatial_element(training: bool) -> None:
+    """ONNX gives the bias (zero variance); torch's instance_norm would refuse the input."""
+    channels = X.shape[1]
+    nodes = [
+        N("GlobalAveragePool", ["x"], ["g"]),
+        N("InstanceNormalization", ["g", "s", "b"], ["y"], epsilon=1e-5),
+    ]
+    inits = {"s": np.linspace(0.5, 2, channels, dtype=np.float32),
+             "b": np.linspace(-1, 1, channels, dtype=np.float32)}  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, X.shape)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    module = from_onnx(model)
+    module.train(training)
+    (got,) = outputs_numpy(module, {"x": X})
+    (expected,) = run(model, {"x": X})
+    assert rel_diff(expected, got) <= 1e-5
