@@ -269,7 +269,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def _run_finetune(argv: Sequence[str]) -> int:
-    from irprune.finetune import OPTIMIZERS, finetune
+    from irprune.finetune import OPTIMIZERS
 
     p = _Parser(prog="irprune finetune", description="Fine-tune a (pruned) ONNX model.")
     p.add_argument("model", type=Path, help="the ONNX model to train (never modified)")
@@ -295,8 +295,20 @@ def _run_finetune(argv: Sequence[str]) -> int:
         raise UsageError("the output path is an input file; choose another with -o")
     if not output.resolve().parent.is_dir():
         raise UsageError(f"{output}: the folder {output.parent} does not exist")
-    bar = _Progress() if sys.stderr.isatty() and not args.quiet else None
-    result = finetune(
+    with progress.enabled(sys.stderr, quiet=args.quiet):
+        result = _finetune(args)
+    result.save(output)
+    if not args.quiet:
+        for epoch, loss in enumerate(result.losses, 1):
+            print(f"epoch {epoch}: mean loss {loss:.4f}")
+        print(f"fine-tuned in {result.seconds:.1f} s; wrote {output}")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> Any:
+    from irprune.finetune import finetune
+
+    return finetune(
         args.model,
         args.data,
         teacher=args.teacher,
@@ -308,29 +320,7 @@ def _run_finetune(argv: Sequence[str]) -> int:
         temperature=args.temperature,
         freeze_bn=args.freeze_bn,
         seed=args.seed,
-        progress=bar,
     )
-    result.save(output)
-    if not args.quiet:
-        for epoch, loss in enumerate(result.losses, 1):
-            print(f"epoch {epoch}: mean loss {loss:.4f}")
-        print(f"fine-tuned in {result.seconds:.1f} s; wrote {output}")
-    return 0
-
-
-class _Progress:
-    """A one-line progress bar on stderr (only used when stderr is a terminal)."""
-
-    def __call__(self, epoch: int, step: int, steps: int, loss: float) -> None:
-        done = int(20 * (step + 1) / steps)
-        bar = "#" * done + "." * (20 - done)
-        end = "\n" if step + 1 == steps else ""
-        print(
-            f"\repoch {epoch + 1} [{bar}] {step + 1}/{steps} loss {loss:.4f}",
-            end=end,
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 def _logging(args: argparse.Namespace) -> None:

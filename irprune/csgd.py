@@ -37,6 +37,7 @@ from irprune.errors import TrainingError
 from irprune.ir import Graph
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.rewrite.merge import consumer_spaces, group_members
+from irprune.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def train(
     loss_value = float("nan")
     for epoch in range(epochs):
         order = rng.permutation(n)
-        for start in range(0, n, batch):
+        for start in track(range(0, n, batch), f"C-SGD epoch {epoch + 1}/{epochs}"):
             idx = order[start : start + batch]
             feeds = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in data.items()}
             loss = _loss(module.run(feeds)[0], targets[idx], labels is not None)

@@ -32,6 +32,7 @@ from irprune.emit import atomic_write, verify
 from irprune.emit.verify import session
 from irprune.errors import CalibrationError, UsageError
 from irprune.frontends.onnx import load_model
+from irprune.progress import track
 
 if TYPE_CHECKING:
     import torch
@@ -173,7 +174,8 @@ def _train(
     for epoch in range(setup.epochs):
         total = 0.0
         order = torch.randperm(rows, generator=gen).numpy()
-        for step in range(per_epoch):
+        label = f"fine-tuning epoch {epoch + 1}/{setup.epochs}"
+        for step in track(range(per_epoch), label):
             idx = order[step * setup.batch : (step + 1) * setup.batch]
             chunk = {k: v[idx] for k, v in feeds.items()}
             wanted = {k: v[idx] for k, v in targets.items()}
