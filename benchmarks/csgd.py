@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from irprune import csgd  # noqa: E402
-from irprune.api import _import  # noqa: E402
+from irprune.backends.torch import import_graph  # noqa: E402
 from irprune.emit import to_model, verify  # noqa: E402
 from irprune.frontends.onnx import load_model  # noqa: E402
 from irprune.passes.allocation import Target, allocate  # noqa: E402
@@ -53,7 +53,7 @@ def bench(name: str, style: str, args: argparse.Namespace) -> dict[str, Any]:
     split = load_digits_split(0)
     path = cached_digits_onnx(name, style, args.cache_dir)  # type: ignore[arg-type]
     original = load_model(path)
-    graph = _import(original)
+    graph = import_graph(original)
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
     target = Target("macs", args.target)
@@ -61,7 +61,7 @@ def bench(name: str, style: str, args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"net": name, "style": style, "mac_ratio": plan.ratio}
     row["original"] = accuracy(original, split.x_test, split.y_test)
 
-    plain = _import(original)
+    plain = import_graph(original)
     merge(plain, analysis, plan)
     row["merge"] = accuracy(to_model(plain), split.x_test, split.y_test)
 

@@ -107,20 +107,6 @@ def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_training(
-    path: str | Path, graph: Graph, labels: str = "labels"
-) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Training data: the model's inputs as for calibration, plus optional integer class
-    labels under the key ``labels`` (one per sample)."""
-    arrays = read_npz(path)
-    y = arrays.pop(labels, None)
-    check_inputs(arrays, graph, str(path))
-    n = len(next(iter(arrays.values())))
-    if y is not None and (y.shape != (n,) or not np.issubdtype(y.dtype, np.integer)):
-        raise CalibrationError(f"{path}: {labels!r} must be {n} integer class labels")
-    return arrays, y
-
-
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -316,8 +302,9 @@ def prune(
     # a parameter budget leaves no room for biases the repair would add
     new_params = target.metric != "params"
     build = _Build(
-        original, graph, analysis, rewrite, calib_feeds, seed, timer, feeds, csgd, new_params
-    )
+        original, original_bytes, graph, analysis, rewrite, calib_feeds, seed, timer, feeds,
+        csgd, new_params,
+    )  # fmt: skip
     pruned_bytes, outputs = build.run(plan)
     latency = None
     if latency_model is not None:
@@ -355,6 +342,7 @@ class _Build:
     (latency corrections) a fresh import of the original."""
 
     original: onnx.ModelProto
+    original_bytes: bytes  # serialised once by prune (a large model costs seconds per copy)
     graph: Graph | None
     analysis: ChannelAnalysis
     rewrite: str
@@ -407,7 +395,7 @@ def _meet_latency(
     """Measure the pruned model; while its latency ratio is outside the window, scale the
     predicted budget by the measured error and rebuild. Keeps the least-pruned model that meets
     the bound (else the fastest) and records every round in the report."""
-    original = build.original.SerializeToString()
+    original = build.original_bytes
     below, above = LATENCY_WINDOW
     fraction, rounds = target.fraction, []
     candidates: list[tuple[float, tuple[Plan, bytes, list[np.ndarray], dict[str, Any]]]] = []
@@ -567,14 +555,19 @@ def _calib_feeds(graph: Graph, calib: Any) -> dict[str, np.ndarray] | None:
 
 
 def _training_data(
-    graph: Graph, data: str | Path | Mapping[str, np.ndarray]
+    graph: Graph, data: str | Path | Mapping[str, np.ndarray], labels: str = "labels"
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    if not isinstance(data, Mapping):
-        return load_training(data, graph)
-    arrays = {k: np.asarray(v) for k, v in data.items()}
-    labels = arrays.pop("labels", None)
-    check_inputs(arrays, graph, "data")
-    return arrays, labels
+    """Training data (an .npz path or arrays): the model's inputs as for calibration, plus
+    optional integer class labels under the key ``labels`` (one per sample)."""
+    source = str(data) if not isinstance(data, Mapping) else "data"
+    arrays = read_npz(data) if not isinstance(data, Mapping) else dict(data)
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    y = arrays.pop(labels, None)
+    check_inputs(arrays, graph, source)
+    n = len(next(iter(arrays.values())))
+    if y is not None and (y.shape != (n,) or not np.issubdtype(y.dtype, np.integer)):
+        raise CalibrationError(f"{source}: {labels!r} must be {n} integer class labels")
+    return arrays, y
 
 
 def _feeds(

@@ -21,7 +21,7 @@ really see (measuring two dependent layers in one pass sends a residual network 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,10 +81,10 @@ def refit_targets(pruned: Graph, original: Graph) -> list[tuple[Node, Node]]:
 
 
 def _conv_cols(
-    node: Node, x: np.ndarray, kernel: tuple[int, ...], pick: _Pick
+    node: Node, x: np.ndarray, kernel: tuple[int, ...], rows: np.ndarray | None
 ) -> np.ndarray | None:
-    """im2col: [rows, C * prod(kernel)] in W's (C, k...) order; the rows (image, output
-    position) are the ones ``pick`` chooses, gathered from a strided view (no full copy)."""
+    """im2col: [rows, C * prod(kernel)] in W's (C, k...) order; only the given rows (flat
+    (image, output position) indices; None = all), gathered from a strided view."""
     if node.attr("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return None
     nd = len(kernel)
@@ -105,45 +105,30 @@ def _conv_cols(
     order = (0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
     cols = np.transpose(win, order)
     lead = cols.shape[: 1 + nd]
-    rows = pick(int(np.prod(lead)))
     gathered = cols[np.unravel_index(rows, lead)] if rows is not None else cols
     return gathered.reshape(-1, x.shape[1] * int(np.prod(kernel)))
 
 
-def _design(
-    node: Node, x: np.ndarray, pick: _Pick, bias: bool = True
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The matrix X such that the node's output (channels last) is X @ W' (+ bias column),
-    on the rows ``pick`` chose (returned too; None = all). Empty X: unsupported."""
+def _design(node: Node, x: np.ndarray, rows: np.ndarray | None, bias: bool) -> np.ndarray:
+    """The matrix X such that the node's output (channels last, flattened: ``_target``) is
+    X @ W' (+ bias column), on the given rows of that output (None = all). Empty: unsupported."""
     w = node.required(1).const
     assert w is not None
-    rows: list[np.ndarray | None] = [None]
-
-    def remember(n: int) -> np.ndarray | None:
-        rows[0] = pick(n)
-        return rows[0]
-
+    cols: np.ndarray | None = None
     if node.op_type == "Conv":
-        cols = _conv_cols(node, x, tuple(w.shape[2:]), remember)
+        cols = _conv_cols(node, x, tuple(w.shape[2:]), rows)
     elif node.op_type == "Gemm":
-        if (
-            node.attr("transA", 0)
-            or node.attr("alpha", 1.0) != 1.0
-            or node.attr("beta", 1.0) != 1.0
-        ):
-            cols = None
-        else:
-            cols = _take(x, remember(len(x)))
+        plain = (
+            not node.attr("transA", 0) and node.attr("alpha", 1.0) == node.attr("beta", 1.0) == 1.0
+        )
+        cols = _take(x, rows) if plain else None
     elif node.op_type == "MatMul":
-        flat = x.reshape(-1, x.shape[-1])
-        cols = _take(flat, remember(len(flat)))
-    else:
-        cols = None
+        cols = _take(x.reshape(-1, x.shape[-1]), rows)
     if cols is None:
-        return np.zeros((0, 0)), None
+        return np.zeros((0, 0))
     if bias:
         cols = np.concatenate([cols, np.ones((len(cols), 1), cols.dtype)], axis=1)
-    return cols.astype(np.float64), rows[0]
+    return cols.astype(np.float64)
 
 
 def _take(a: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
@@ -261,20 +246,11 @@ def refit(
     return done
 
 
-_Pick = Callable[[int], "np.ndarray | None"]
-
-
-def _picker(share: float, d: int, rng: np.random.Generator) -> _Pick:
-    """Chooses this batch's share of the row budget (see the module doc), without replacement;
-    None keeps every row."""
+def _pick(n: int, share: float, d: int, rng: np.random.Generator) -> np.ndarray | None:
+    """This batch's share of the row budget (see the module doc) out of its ``n`` rows, without
+    replacement; None keeps every row."""
     keep = int(np.ceil(max(MIN_ROWS, ROWS_PER_UNKNOWN * d) * share))
-
-    def pick(n: int) -> np.ndarray | None:
-        if keep >= n:
-            return None
-        return np.sort(rng.choice(n, size=keep, replace=False))
-
-    return pick
+    return None if keep >= n else np.sort(rng.choice(n, size=keep, replace=False))
 
 
 def _refit_chunk(
@@ -300,11 +276,13 @@ def _refit_chunk(
             if d is None or d > MAX_DIM:
                 skipped.add(k)
                 continue
-            a, rows = _design(t.pruned, x, _picker(len(x) / total, d, rng), t.bias)
+            b = _target(t.pruned, ys[y_names[k]])
+            rows = _pick(len(b), len(x) / total, d, rng)
+            a = _design(t.pruned, x, rows, t.bias)
             if not a.size:
                 skipped.add(k)
                 continue
-            b = _take(_target(t.pruned, ys[y_names[k]]), rows)[:, t.outputs]
+            b = _take(b, rows)[:, t.outputs]
             t.ata = a.T @ a if t.ata is None else t.ata + a.T @ a
             t.aty = a.T @ b if t.aty is None else t.aty + a.T @ b
     done = 0
