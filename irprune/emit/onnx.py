@@ -8,6 +8,7 @@ value_info so downstream tools need not re-infer it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,37 @@ DEFAULT_IR_VERSION = 10  # onnxruntime 1.31 loads IR versions up to 13; onnx 1.2
 
 
 def to_model(graph: Graph) -> onnx.ModelProto:
+    model = _model_shell(graph)
+    model.graph.CopyFrom(_graph_proto(graph))
+    return model
+
+
+def slice_model(
+    graph: Graph, nodes: list[Node], inputs: list[Value], outputs: list[Value]
+) -> onnx.ModelProto:
+    """``nodes`` (in graph order) alone as a model: ``inputs`` are its graph inputs, the constants
+    the nodes read its initializers, ``outputs`` its graph outputs. For running part of a graph."""
+    model = _model_shell(graph)
+    consts: dict[int, Value] = {}
+    for node in nodes:
+        for v in (*node.inputs, *node.implicit_inputs):
+            if v is not None and v.is_const:
+                consts[id(v)] = v
+    inits, casts = _initializers(graph, consts.values(), set())
+    model.graph.CopyFrom(
+        helper.make_graph(
+            nodes=[*casts, *(_node_proto(n) for n in nodes)],
+            name=f"{graph.name}_slice",
+            inputs=[_value_info(v) for v in inputs],
+            outputs=[_value_info(v) for v in outputs],
+            initializer=inits,
+        )
+    )
+    return model
+
+
+def _model_shell(graph: Graph) -> onnx.ModelProto:
+    """The model template (opsets, functions, metadata) without a graph."""
     model = onnx.ModelProto()
     template = graph.meta.get("template")
     if template:
@@ -28,19 +60,16 @@ def to_model(graph: Graph) -> onnx.ModelProto:
         model.ir_version = DEFAULT_IR_VERSION
         for domain, version in graph.opset_imports.items():
             model.opset_import.append(helper.make_opsetid(domain, version))
-    model.graph.CopyFrom(_graph_proto(graph))
     return model
 
 
-def _graph_proto(graph: Graph) -> onnx.GraphProto:
-    io: dict[str, bytes] = graph.meta.get("io", {})
-    boundary = {id(v) for v in (*graph.inputs, *graph.outputs)}
-    inputs = {id(v) for v in graph.inputs}
+def _initializers(
+    graph: Graph, constants: Iterable[Value], inputs: set[int]
+) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+    """Initializers for ``constants``, and the widening Casts behind narrow-stored ones."""
     inits: list[onnx.TensorProto] = []
     casts: list[onnx.NodeProto] = []
-    for v in graph.constants():
-        if not (v.uses or id(v) in boundary):
-            continue
+    for v in constants:
         if v.storage and v.storage != v.dtype and id(v) not in inputs:
             stored = _stored_name(graph, v.name)
             dtype = helper.tensor_dtype_to_np_dtype(v.storage)
@@ -48,6 +77,15 @@ def _graph_proto(graph: Graph) -> onnx.GraphProto:
             casts.append(helper.make_node("Cast", [stored], [v.name], to=v.dtype))
         else:
             inits.append(numpy_helper.from_array(np.asarray(v.const), v.name))
+    return inits, casts
+
+
+def _graph_proto(graph: Graph) -> onnx.GraphProto:
+    io: dict[str, bytes] = graph.meta.get("io", {})
+    boundary = {id(v) for v in (*graph.inputs, *graph.outputs)}
+    inputs = {id(v) for v in graph.inputs}
+    used = (v for v in graph.constants() if v.uses or id(v) in boundary)
+    inits, casts = _initializers(graph, used, inputs)
     value_info = [
         _value_info(v)
         for v in graph.values.values()
@@ -75,7 +113,9 @@ def _stored_name(graph: Graph, name: str) -> str:
 
 
 def _value_info(v: Value) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(v.name, v.dtype, list(v.shape or ()))
+    return helper.make_tensor_value_info(
+        v.name, v.dtype, list(v.shape) if v.shape is not None else None
+    )
 
 
 def _boundary_info(v: Value, io: dict[str, bytes]) -> onnx.ValueInfoProto:

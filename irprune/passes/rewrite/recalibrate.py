@@ -9,7 +9,7 @@ network to chance).
 BN re-estimation: explicit BatchNormalization nodes get the mean and variance of their input as
 it is in the pruned model, measured on calibration data level by level (``calibration.levels``),
 so every BN sees the statistics already fixed upstream (what re-running BN in training mode over
-the data does in a framework).
+the data does in a framework); the graph is run once in all, a slice per level (``sweep``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.calibration import levels, run_exposed
 from irprune.passes.rewrite import bnstats
 from irprune.passes.rewrite.refit import kept_outputs, refit_targets, shift_output
+from irprune.passes.sweep import Sweep
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +58,26 @@ def reestimate_bn(graph: Graph, calib: Mapping[str, np.ndarray]) -> int:
         if n.op_type == "BatchNormalization"
         and all(v is not None and v.const is not None and len(v.uses) == 1 for v in n.inputs[3:5])
     ]
-    for chunk in levels(graph, bns):
-        moments = _Moments()
-        run_exposed(graph, [n.required(0).name for n in chunk], calib, moments)
-        for node in chunk:
-            name = node.required(0).name
-            if name not in moments.n:
-                continue
-            mean, var = node.required(3), node.required(4)
-            assert mean.const is not None and var.const is not None
-            mean.const = moments.mean(name).astype(mean.const.dtype)
-            var.const = moments.var(name).astype(var.const.dtype)
+    with Sweep(graph, calib) as sweep:
+        for chunk in levels(graph, bns):
+            _reestimate_level(sweep, chunk)
     log.info("re-estimated %d BatchNormalization nodes", len(bns))
     return len(bns)
+
+
+def _reestimate_level(sweep: Sweep, chunk: list[Node]) -> None:
+    moments = _Moments()
+    for arrays in sweep.run([n.required(0).name for n in chunk]):
+        for name, array in arrays.items():
+            moments(name, array)
+    for node in chunk:
+        name = node.required(0).name
+        if name not in moments.n:
+            continue
+        mean, var = node.required(3), node.required(4)
+        assert mean.const is not None and var.const is not None
+        mean.const = moments.mean(name).astype(mean.const.dtype)
+        var.const = moments.var(name).astype(var.const.dtype)
 
 
 def compensate_bias(

@@ -16,6 +16,7 @@ sized so the whole calibration set gives about ``ROWS_PER_UNKNOWN * d`` rows (at
 Consumers are refit level by level (``calibration.levels``): each level is measured on the
 pruned graph with every consumer upstream of it already refit, so a layer fits to what it will
 really see (measuring two dependent layers in one pass sends a residual network to chance).
+Each graph is run once in all, a slice per level (``sweep.Sweep``), not once per level.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from irprune.passes.allocation import Plan
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.rules import RULES
-from irprune.passes.calibration import iterate_exposed, levels
+from irprune.passes.calibration import levels
+from irprune.passes.sweep import Sweep
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +242,10 @@ def refit(
             pairs.append(_Target(p, o, outputs, bias))
     by_node = {id(t.pruned): t for t in pairs}
     done = 0
-    for level in levels(pruned, [t.pruned for t in pairs]):
-        done += _refit_chunk(pruned, original, [by_node[id(n)] for n in level], calib, ridge)
+    with Sweep(pruned, calib) as seen, Sweep(original, calib) as wanted:
+        for level in levels(pruned, [t.pruned for t in pairs]):
+            chunk = [by_node[id(n)] for n in level]
+            done += _refit_chunk(seen, wanted, chunk, len(next(iter(calib.values()))), ridge)
     log.info("refit %d of %d consumers", done, len(pairs))
     return done
 
@@ -253,23 +257,14 @@ def _pick(n: int, share: float, d: int, rng: np.random.Generator) -> np.ndarray 
     return None if keep >= n else np.sort(rng.choice(n, size=keep, replace=False))
 
 
-def _refit_chunk(
-    pruned: Graph,
-    original: Graph,
-    chunk: list[_Target],
-    calib: Mapping[str, np.ndarray],
-    ridge: float,
-) -> int:
+def _refit_chunk(seen: Sweep, wanted: Sweep, chunk: list[_Target], total: int, ridge: float) -> int:
+    """Refit one level: its inputs as the pruned graph ``seen`` gives them (every level before
+    already refit), its outputs as the original graph ``wanted`` gives them."""
     x_names = [t.pruned.required(0).name for t in chunk]
     y_names = [t.original.outputs[0].name for t in chunk]
     skipped: set[int] = set()
-    total = len(next(iter(calib.values())))
     rng = np.random.default_rng(0)
-    for xs, ys in zip(
-        iterate_exposed(pruned, x_names, calib),
-        iterate_exposed(original, y_names, calib),
-        strict=True,
-    ):
+    for xs, ys in zip(seen.run(x_names), wanted.run(y_names), strict=True):
         for k, t in enumerate(chunk):
             x = xs[x_names[k]]
             d = _unknowns(t.pruned, t.bias)
@@ -292,6 +287,6 @@ def _refit_chunk(
             continue
         lam = ridge * float(np.mean(np.diag(t.ata))) + 1e-12
         sol = np.linalg.solve(t.ata + lam * np.eye(len(t.ata)), t.aty)
-        _write(t.pruned, pruned, sol, t.bias)
+        _write(t.pruned, seen.graph, sol, t.bias)
         done += 1
     return done
