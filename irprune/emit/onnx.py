@@ -8,6 +8,7 @@ value_info so downstream tools need not re-infer it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,12 @@ from irprune.ir import Graph, Node, Opaque, Value
 DEFAULT_IR_VERSION = 10  # onnxruntime 1.31 loads IR versions up to 13; onnx 1.23 stamps 14
 
 
-def to_model(graph: Graph) -> onnx.ModelProto:
+TensorFactory = Callable[[np.ndarray, str], onnx.TensorProto]
+
+
+def to_model(graph: Graph, *, tensor: TensorFactory = numpy_helper.from_array) -> onnx.ModelProto:
+    """The model; ``tensor(array, name)`` makes each initializer (the streaming emitter passes
+    one that writes the data to a file and returns an external reference)."""
     model = onnx.ModelProto()
     template = graph.meta.get("template")
     if template:
@@ -28,11 +34,11 @@ def to_model(graph: Graph) -> onnx.ModelProto:
         model.ir_version = DEFAULT_IR_VERSION
         for domain, version in graph.opset_imports.items():
             model.opset_import.append(helper.make_opsetid(domain, version))
-    model.graph.CopyFrom(_graph_proto(graph))
+    model.graph.CopyFrom(_graph_proto(graph, tensor))
     return model
 
 
-def _graph_proto(graph: Graph) -> onnx.GraphProto:
+def _graph_proto(graph: Graph, tensor: TensorFactory) -> onnx.GraphProto:
     io: dict[str, bytes] = graph.meta.get("io", {})
     boundary = {id(v) for v in (*graph.inputs, *graph.outputs)}
     inputs = {id(v) for v in graph.inputs}
@@ -44,10 +50,10 @@ def _graph_proto(graph: Graph) -> onnx.GraphProto:
         if v.storage and v.storage != v.dtype and id(v) not in inputs:
             stored = _stored_name(graph, v.name)
             dtype = helper.tensor_dtype_to_np_dtype(v.storage)
-            inits.append(numpy_helper.from_array(np.asarray(v.const).astype(dtype), stored))
+            inits.append(tensor(np.asarray(v.const).astype(dtype), stored))
             casts.append(helper.make_node("Cast", [stored], [v.name], to=v.dtype))
         else:
-            inits.append(numpy_helper.from_array(np.asarray(v.const), v.name))
+            inits.append(tensor(np.asarray(v.const), v.name))
     value_info = [
         _value_info(v)
         for v in graph.values.values()
