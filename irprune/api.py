@@ -95,6 +95,8 @@ class Result:
             from irprune.backends.torch import from_onnx
         except ImportError as exc:
             raise missing_torch("Result.to_torch()", exc) from exc
+        if self.staged is not None:  # streamed: the weights are in its data file
+            return from_onnx(onnx.load(str(self.staged.model_path)))
         return from_onnx(self.model)
 
 
