@@ -259,7 +259,7 @@ def prune(
     t = time.perf_counter()
     original = _load(model, example_inputs)
     graph = _import(original)
-    original_bytes = original.runnable()  # serialised once (bytes), or the lazy input's file
+    original_bytes = original.runnable()  # the input file, or serialised once
     large = weight_bytes(graph) > (
         STREAM_THRESHOLD if stream_threshold is None else stream_threshold
     )
@@ -404,7 +404,7 @@ class _Build:
     (latency corrections) a fresh import of the original."""
 
     original: ModelSource
-    original_bytes: bytes | Path  # serialised once by prune, or the lazily read input file
+    original_bytes: bytes | Path  # the input file, or serialised once by prune
     graph: Graph | None
     analysis: ChannelAnalysis
     rewrite: str

@@ -84,9 +84,10 @@ class ModelSource:
         return self.folder is not None
 
     def runnable(self) -> bytes | Path:
-        """What ``emit.verify.session`` takes: the file of a lazy source (onnxruntime maps its
-        external data itself), else the serialized model (large models: serialize once)."""
-        if self.lazy and self.path is not None:
+        """What ``emit.verify.session`` takes: the file it was read from (onnxruntime reads it,
+        and maps its external data, without a serialized copy here), else the serialized model
+        (large models: serialize once)."""
+        if self.path is not None:
             return self.path
         return self.model.SerializeToString()
 
