@@ -169,8 +169,12 @@ def _nested_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield from _nested_tensors(sub)
 
 
-def map_external(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
-    """A read-only memory map of an external tensor's bytes in a file inside ``folder``."""
+def map_external(
+    tensor: onnx.TensorProto, folder: Path, files: dict[Path, np.memmap] | None = None
+) -> np.ndarray:
+    """A read-only ``np.memmap`` view of an external tensor's bytes in a file inside ``folder``.
+    ``files`` holds one mapping per data file, shared by the tensors in it (one file descriptor
+    per file, not per tensor)."""
     info = {e.key: e.value for e in tensor.external_data}
     where = f"external data of tensor {tensor.name!r}"
     location = info.get("location", "")
@@ -180,20 +184,23 @@ def map_external(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
     shape = tuple(int(d) for d in tensor.dims)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    files = {} if files is None else files
     try:
         offset = int(info.get("offset", "0"))
         length = int(info.get("length", str(nbytes)))
-        size = target.stat().st_size
+        if nbytes and target not in files:
+            files[target] = np.memmap(target, dtype=np.uint8, mode="r")
     except (ValueError, OSError) as exc:
         raise InvalidModelError(f"{where} is unreadable ({_first_line(exc)})") from exc
-    if length != nbytes or offset < 0 or offset + nbytes > size:
-        raise InvalidModelError(
-            f"{where}: {nbytes} bytes at offset {offset} do not fit (length {length}, file "
-            f"{location!r} has {size} bytes)"
-        )
     if nbytes == 0:
         return np.zeros(shape, dtype)
-    return np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=shape)
+    whole = files[target]
+    if length != nbytes or offset < 0 or offset + nbytes > whole.size:
+        raise InvalidModelError(
+            f"{where}: {nbytes} bytes at offset {offset} do not fit (length {length}, file "
+            f"{location!r} has {whole.size} bytes)"
+        )
+    return whole[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 def external_files(path: Path) -> set[Path]:
@@ -459,6 +466,7 @@ class _Importer:
     ) -> None:
         self.model = model
         self.folder = folder  # lazy source: external initializers are mapped from here
+        self.files: dict[Path, np.memmap] = {}  # one mapping per external data file
         self.types = types
         self.graph = Graph(name=model.graph.name)
         self.output_names = {o.name for o in model.graph.output}
@@ -474,7 +482,7 @@ class _Importer:
             raise InvalidModelError("sparse initializers are not supported")
         for init in mg.initializer:
             if self.folder is not None and external_data_helper.uses_external_data(init):
-                array = map_external(init, self.folder)
+                array = map_external(init, self.folder, self.files)
             else:
                 array = _to_array(init)
             self._add_const(init.name, array, init.data_type)
