@@ -7,6 +7,7 @@ rewrite -> emit -> verify (checker, strict shape inference, onnxruntime run) -> 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import onnx
 from irprune import report as rep
 from irprune.backends import missing_torch
 from irprune.emit import atomic_write, to_model, verify
+from irprune.emit.stream import STREAM_THRESHOLD, Staged, should_stream, stage, weight_bytes
 from irprune.emit.verify import random_inputs, session
 from irprune.errors import (
     CalibrationError,
@@ -29,8 +31,9 @@ from irprune.errors import (
     UsageError,
 )
 from irprune.frontends import fx
-from irprune.frontends.onnx import external_files, import_model, read_model
+from irprune.frontends.onnx import ModelSource, external_files, import_model, read_source
 from irprune.ir import Graph
+from irprune.ir.mapped import release_constants
 from irprune.passes.allocation import STRATEGIES, Plan, Target, allocate
 from irprune.passes.analysis.channels import ChannelAnalysis, analyze
 from irprune.passes.analysis.cost import CostModel, build_cost_model
@@ -67,6 +70,9 @@ class Result:
     external_data: bool = False  # the input kept its weights in external data
     source: Path | None = None  # the input file, when given as a path
     source_data: frozenset[Path] = frozenset()  # the input's external-data files, resolved
+    # a streamed model (large, or its input kept external data): written and verified in a
+    # staging folder; ``model`` then holds references to its data file instead of the weights
+    staged: Staged | None = field(default=None, repr=False)
 
     def save(self, path: str | Path) -> Path:
         """Write atomically; weights go to ``<path>.data`` when the input kept them in external
@@ -77,6 +83,8 @@ class Result:
         in_place = self.source is not None and self.source.resolve() == path.resolve()
         if data in self.source_data and not in_place:
             raise UsageError(f"{data} holds the input's weights; choose another output name")
+        if self.staged is not None:
+            return self.staged.publish(path)
         external = True if self.external_data else None
         return atomic_write(self.serialized or self.model, path, external_data=external)
 
@@ -87,6 +95,8 @@ class Result:
             from irprune.backends.torch import from_onnx
         except ImportError as exc:
             raise missing_torch("Result.to_torch()", exc) from exc
+        if self.staged is not None:  # streamed: the weights are in its data file
+            return from_onnx(onnx.load(str(self.staged.model_path)))
         return from_onnx(self.model)
 
 
@@ -204,6 +214,8 @@ def prune(
     data: str | Path | Mapping[str, np.ndarray] | None = None,
     csgd_epsilon: float = 0.05,
     csgd_lr: float = 0.01,
+    stage_dir: str | Path | None = None,
+    stream_threshold: int | None = None,
 ) -> Result:
     """Prune ``model`` to the target and return the verified result (nothing is written).
 
@@ -220,6 +232,14 @@ def prune(
     ``labels`` (without them the loss is distillation from the original outputs).
     ``target_latency`` is a fraction of the original's onnxruntime CPU latency at batch
     1 with ``latency_threads`` threads, measured on this machine (see :mod:`passes.latency`).
+
+    Large models: a file's external weights are memory-mapped, not read. When the input kept
+    its weights in external data or they exceed ``stream_threshold`` bytes (default
+    ``emit.stream.STREAM_THRESHOLD``, 1 GiB) the result is written tensor by tensor to a staging
+    folder inside ``stage_dir`` (default: the input's folder, else the temp folder), verified
+    from there and moved into place by ``Result.save``; above the threshold the latency of the
+    original and the pruned model is measured one after the other, not interleaved, so the two
+    are never in memory together.
     """
     target = _target(target_flops, target_params, target_latency)
     if rewrite is None:
@@ -237,11 +257,21 @@ def prune(
         raise UsageError("C-SGD training (--csgd-epochs) needs --rewrite merge and --data")
     timer = _Timer()
     t = time.perf_counter()
-    original, external = _load(model, example_inputs)
+    original = _load(model, example_inputs)
     graph = _import(original)
-    original_bytes = original.SerializeToString()
+    original_bytes = original.runnable()  # the input file, or serialised once
+    large = weight_bytes(graph) > (
+        STREAM_THRESHOLD if stream_threshold is None else stream_threshold
+    )
     reference_session = _original_session(original_bytes)  # a model ORT cannot load fails here
     t = timer.lap("load", t)
+    calib_feeds = _calib_feeds(graph, calib)
+    feeds = _feeds(reference_session, calib_feeds, seed)
+    # The reference run comes first and its session goes before any pass reads the weights:
+    # a large model's weights are then never in memory twice (onnxruntime's and the passes').
+    reference = None if dry_run else _run_original(reference_session, feeds)
+    del reference_session
+    t = timer.lap("reference", t)
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
     if cost.unknown:
@@ -251,10 +281,9 @@ def prune(
             ", ".join(cost.unknown[:5]),
         )
     t = timer.lap("analysis", t)
-    calib_feeds = _calib_feeds(graph, calib)
     scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds, labels=labels)
+    release_constants(graph)  # mapped weights the criterion read leave the resident set
     t = timer.lap("importance", t)
-    feeds = _feeds(reference_session, calib_feeds, seed)
     latency_feeds = {k: v[:1] for k, v in feeds.items()}
     latency_model = None
     if target.metric == "latency":
@@ -290,10 +319,8 @@ def prune(
     )
     if dry_run:
         report = _report(analysis, cost, plan, target, settings, timer)
-        return Result(original, report, analysis, plan)
-    reference = _run_original(reference_session, feeds)
-    del reference_session
-    t = timer.lap("reference", t)
+        return Result(original.model, report, analysis, plan)
+    assert reference is not None
     csgd = None
     if csgd_epochs:
         assert data is not None
@@ -301,10 +328,12 @@ def prune(
         csgd = CsgdOptions(csgd_epochs, train, train_labels, lr=csgd_lr, epsilon=csgd_epsilon)
     # a parameter budget leaves no room for biases the repair would add
     new_params = target.metric != "params"
+    stream = _Stream(original.external, stream_threshold, _stage_dir(stage_dir, model))
     build = _Build(
         original, original_bytes, graph, analysis, rewrite, calib_feeds, seed, timer, feeds,
-        csgd, new_params,
+        csgd, new_params, stream=stream,
     )  # fmt: skip
+    del graph  # the build owns it now, and drops it (and its weights) once it is written
     pruned_bytes, outputs = build.run(plan)
     latency = None
     if latency_model is not None:
@@ -314,7 +343,10 @@ def prune(
         )  # fmt: skip
     elif measure_latency:
         t = time.perf_counter()
-        latency = rep.latency(original_bytes, pruned_bytes, latency_feeds, threads=latency_threads)
+        latency = rep.latency(
+            original_bytes, _runnable(pruned_bytes), latency_feeds, threads=latency_threads,
+            interleave=not large,
+        )  # fmt: skip
         timer.lap("latency", t)
     report = _report(analysis, cost, plan, target, settings, timer)
     report["fidelity"] = rep.fidelity(reference, outputs)
@@ -322,18 +354,48 @@ def prune(
     if latency is not None:
         report["latency"] = latency
     report.update(build.extra)
-    pruned = onnx.ModelProto.FromString(pruned_bytes)
     source = Path(model) if isinstance(model, str | Path) else None
+    external = original.external
+    staged = pruned_bytes if isinstance(pruned_bytes, Staged) else None
+    serialized = pruned_bytes if isinstance(pruned_bytes, bytes) else None
     return Result(
-        pruned,
+        staged.proto() if staged else onnx.ModelProto.FromString(serialized or b""),
         report,
         analysis,
         plan,
-        serialized=pruned_bytes,
+        serialized=serialized,
         external_data=external,
         source=source,
         source_data=frozenset(external_files(source)) if external and source else frozenset(),
+        staged=staged,
     )
+
+
+Pruned = bytes | Staged  # a built model: serialized, or streamed to a staging folder
+
+
+def _runnable(pruned: Pruned) -> bytes | Path:
+    """What onnxruntime sessions take for a built model."""
+    return pruned.model_path if isinstance(pruned, Staged) else pruned
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """When and where a build streams its output (``emit.stream``)."""
+
+    external: bool  # the input kept its weights in external data
+    threshold: int | None
+    folder: Path | None
+
+
+def _stage_dir(given: str | Path | None, model: Any) -> Path | None:
+    """Where streamed outputs are staged: as asked, else the input file's folder (the output
+    usually goes there, so publishing is a rename), else the temp folder."""
+    if given is not None:
+        return Path(given)
+    if isinstance(model, str | Path) and os.access(Path(model).resolve().parent, os.W_OK):
+        return Path(model).resolve().parent
+    return None
 
 
 @dataclass
@@ -341,8 +403,8 @@ class _Build:
     """Rewrite, emit and verify one plan; the first build uses the analysed graph, later ones
     (latency corrections) a fresh import of the original."""
 
-    original: onnx.ModelProto
-    original_bytes: bytes  # serialised once by prune (a large model costs seconds per copy)
+    original: ModelSource
+    original_bytes: bytes | Path  # the input file, or serialised once by prune
     graph: Graph | None
     analysis: ChannelAnalysis
     rewrite: str
@@ -353,8 +415,9 @@ class _Build:
     csgd: CsgdOptions | None = None
     new_params: bool = True  # False under a parameter budget: repairs add no new biases
     extra: dict[str, Any] = field(default_factory=dict)  # what the last rewrite reported
+    stream: _Stream = _Stream(False, None, None)
 
-    def run(self, plan: Plan) -> tuple[bytes, list[np.ndarray]]:
+    def run(self, plan: Plan) -> tuple[Pruned, list[np.ndarray]]:
         t = time.perf_counter()
         graph = self.graph if self.graph is not None else _import(self.original)
         self.graph = None
@@ -364,6 +427,17 @@ class _Build:
         )  # fmt: skip
         graph.verify()
         t = self.timer.lap("rewrite", t)
+        if should_stream(graph, self.stream.external, self.stream.threshold):
+            staged = stage(graph, self.stream.folder)
+            del graph  # the weights are in the staged file: free them before onnxruntime runs it
+            t = self.timer.lap("emit", t)
+            try:
+                outputs = verify(staged.model_path, self.feeds)
+            except BaseException:
+                staged.discard()
+                raise
+            self.timer.lap("verify", t)
+            return staged, outputs
         pruned_bytes = to_model(graph).SerializeToString()
         t = self.timer.lap("emit", t)
         outputs = verify(pruned_bytes, self.feeds)
@@ -371,7 +445,7 @@ class _Build:
         return pruned_bytes, outputs
 
 
-def _probe(original: onnx.ModelProto, analysis: ChannelAnalysis, widths: np.ndarray) -> bytes:
+def _probe(original: ModelSource, analysis: ChannelAnalysis, widths: np.ndarray) -> bytes:
     """The original with each group cut to ``widths`` (its first channels), for timing only."""
     kept = {g.id: np.arange(int(widths[g.id])) for g in analysis.groups if widths[g.id] < g.size}
     graph = _import(original)
@@ -385,24 +459,24 @@ LATENCY_ROUNDS = 3
 
 def _meet_latency(
     build: _Build,
-    first: tuple[Plan, bytes, list[np.ndarray]],
+    first: tuple[Plan, Pruned, list[np.ndarray]],
     target: Target,
     model: LatencyModel,
     allocation: dict[str, Any],
     scores: Scores,
     feeds: dict[str, np.ndarray],
-) -> tuple[Plan, bytes, list[np.ndarray], dict[str, Any]]:
+) -> tuple[Plan, Pruned, list[np.ndarray], dict[str, Any]]:
     """Measure the pruned model; while its latency ratio is outside the window, scale the
     predicted budget by the measured error and rebuild. Keeps the least-pruned model that meets
     the bound (else the fastest) and records every round in the report."""
     original = build.original_bytes
     below, above = LATENCY_WINDOW
     fraction, rounds = target.fraction, []
-    candidates: list[tuple[float, tuple[Plan, bytes, list[np.ndarray], dict[str, Any]]]] = []
+    candidates: list[tuple[float, tuple[Plan, Pruned, list[np.ndarray], dict[str, Any]]]] = []
     plan, pruned_bytes, outputs = first
     for i in range(LATENCY_ROUNDS):
         t = time.perf_counter()
-        measured = rep.latency(original, pruned_bytes, feeds, threads=model.threads)
+        measured = rep.latency(original, _runnable(pruned_bytes), feeds, threads=model.threads)
         build.timer.lap("latency", t)
         ratio = measured["after_ms"] / measured["before_ms"]
         rounds.append({"predicted": plan.ratio, "measured": ratio, "budget": fraction})
@@ -437,16 +511,16 @@ def _meet_latency(
     return best
 
 
-def _load(model: Any, example_inputs: Any) -> tuple[onnx.ModelProto, bool]:
-    """The ONNX model to prune (read from a file, passed in, or lowered from a torch module)
-    and whether its weights came from external data files."""
+def _load(model: Any, example_inputs: Any) -> ModelSource:
+    """The ONNX model to prune: read from a file (external weights lazily), passed in, or
+    lowered from a torch module."""
     if fx.is_torch_module(model):
         if example_inputs is None:
             raise UsageError("a torch.nn.Module needs example_inputs= (a tensor or tensor tuple)")
-        return fx.to_onnx(model, example_inputs), False
+        return ModelSource(fx.to_onnx(model, example_inputs))
     if example_inputs is not None:
         raise UsageError("example_inputs= is only used with a torch.nn.Module model")
-    return read_model(model)
+    return read_source(model)
 
 
 @dataclass(frozen=True)
@@ -483,7 +557,7 @@ def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
         raise UsageError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
 
 
-def _import(model: onnx.ModelProto) -> Graph:
+def _import(model: ModelSource) -> Graph:
     """The IR every pass works on: imported, with constant computations folded. Every copy of
     the original a pass needs is made by this one function, so node order and names agree."""
     graph = import_model(model)
@@ -493,7 +567,7 @@ def _import(model: onnx.ModelProto) -> Graph:
 
 def _rewrite(
     graph: Graph,
-    original: onnx.ModelProto,
+    original: ModelSource,
     analysis: ChannelAnalysis,
     plan: Plan,
     rewrite: str,
@@ -530,9 +604,9 @@ def _rewrite(
     return {}
 
 
-def _original_session(original: bytes) -> Any:
+def _original_session(original: bytes | Path) -> Any:
     try:
-        return session(original)
+        return session(original, prepack=False)  # one run: packing would cost more than it saves
     except Exception as exc:  # onnxruntime raises untyped errors
         text = " ".join(str(exc).split())
         raise InvalidModelError(f"onnxruntime cannot load the input model: {text}") from exc

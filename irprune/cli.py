@@ -134,7 +134,8 @@ def _run_prune(args: argparse.Namespace) -> int:
         if path is not None and not path.resolve().parent.is_dir():
             raise UsageError(f"{path}: the folder {path.parent} does not exist")
     with progress.enabled(sys.stderr, quiet=args.quiet):
-        result = prune(args.model, **_prune_options(args))
+        # a streamed output (large, or external data) is staged beside it: publishing renames
+        result = prune(args.model, stage_dir=output.resolve().parent, **_prune_options(args))
     log.info(
         "timings: %s",
         ", ".join(f"{k} {v:.3f}s" for k, v in result.report.get("timings_s", {}).items()),

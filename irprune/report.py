@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
-import onnx
 
 from irprune import progress
-from irprune.emit.verify import session
+from irprune.emit.verify import ModelData, session
 
 
 def fidelity(reference: list[np.ndarray], pruned: list[np.ndarray]) -> dict[str, float | None]:
@@ -33,19 +32,50 @@ def fidelity(reference: list[np.ndarray], pruned: list[np.ndarray]) -> dict[str,
 
 
 def latency(
-    original: onnx.ModelProto | bytes,
-    pruned: onnx.ModelProto | bytes,
+    original: ModelData,
+    pruned: ModelData,
     feeds: Mapping[str, np.ndarray],
     *,
     threads: int = 1,
     runs: int = 20,
     warmup: int = 3,
     callback: progress.Callback | None = None,
+    interleave: bool = True,
 ) -> dict[str, Any]:
     """Median onnxruntime CPU latency (ms) of both models: all graph optimizations on (what users
     deploy), spinning off, runs interleaved with the order alternating every iteration.
-    Progress (one unit per pair of runs) goes to ``callback`` and any display enabled."""
-    sessions = [session(m, threads=threads, optimize=True) for m in (original, pruned)]
+    Progress (one unit per pair of runs) goes to ``callback`` and any display enabled.
+    Without ``interleave`` (models too large to hold two sessions) each model is timed alone,
+    the original first, and its session freed before the next is made."""
+    if interleave:
+        times = _interleaved([original, pruned], feeds, threads, runs, warmup, callback)
+    else:
+        steps = iter(progress.track(range(2 * (warmup + runs)), "latency", callback=callback))
+        times = [_alone(m, feeds, threads, runs, warmup, steps) for m in (original, pruned)]
+        for _ in steps:  # let the display finish
+            pass
+    before, after = (statistics.median(t) for t in times)
+    first = next(iter(feeds.values()), None)
+    return {
+        "threads": threads,
+        "batch": int(first.shape[0]) if first is not None and first.ndim else 1,
+        "runs": runs,
+        "interleaved": interleave,
+        "before_ms": before,
+        "after_ms": after,
+        "speedup": before / after if after else float("inf"),
+    }
+
+
+def _interleaved(
+    models: list[ModelData],
+    feeds: Mapping[str, np.ndarray],
+    threads: int,
+    runs: int,
+    warmup: int,
+    callback: progress.Callback | None,
+) -> list[list[float]]:
+    sessions = [session(m, threads=threads, optimize=True) for m in models]
     times: list[list[float]] = [[], []]
     for i in progress.track(range(warmup + runs), "latency", callback=callback):
         for k in (0, 1) if i % 2 == 0 else (1, 0):
@@ -53,16 +83,26 @@ def latency(
             sessions[k].run(None, dict(feeds))
             if i >= warmup:
                 times[k].append((time.perf_counter() - t0) * 1e3)
-    before, after = (statistics.median(t) for t in times)
-    first = next(iter(feeds.values()), None)
-    return {
-        "threads": threads,
-        "batch": int(first.shape[0]) if first is not None and first.ndim else 1,
-        "runs": runs,
-        "before_ms": before,
-        "after_ms": after,
-        "speedup": before / after if after else float("inf"),
-    }
+    return times
+
+
+def _alone(
+    model: ModelData,
+    feeds: Mapping[str, np.ndarray],
+    threads: int,
+    runs: int,
+    warmup: int,
+    steps: Iterator[int],
+) -> list[float]:
+    sess = session(model, threads=threads, optimize=True)
+    times = []
+    for i in range(warmup + runs):
+        next(steps, None)
+        t0 = time.perf_counter()
+        sess.run(None, dict(feeds))
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def _fmt(n: float) -> str:

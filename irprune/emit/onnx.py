@@ -8,7 +8,7 @@ value_info so downstream tools need not re-infer it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -20,9 +20,14 @@ from irprune.ir import Graph, Node, Opaque, Value
 DEFAULT_IR_VERSION = 10  # onnxruntime 1.31 loads IR versions up to 13; onnx 1.23 stamps 14
 
 
-def to_model(graph: Graph) -> onnx.ModelProto:
+TensorFactory = Callable[[np.ndarray, str], onnx.TensorProto]
+
+
+def to_model(graph: Graph, *, tensor: TensorFactory = numpy_helper.from_array) -> onnx.ModelProto:
+    """The model; ``tensor(array, name)`` makes each initializer (the streaming emitter passes
+    one that writes the data to a file and returns an external reference)."""
     model = _model_shell(graph)
-    model.graph.CopyFrom(_graph_proto(graph))
+    model.graph.CopyFrom(_graph_proto(graph, tensor))
     return model
 
 
@@ -37,7 +42,7 @@ def slice_model(
         for v in (*node.inputs, *node.implicit_inputs):
             if v is not None and v.is_const:
                 consts[id(v)] = v
-    inits, casts = _initializers(graph, consts.values(), set())
+    inits, casts = _initializers(graph, consts.values(), set(), numpy_helper.from_array)
     model.graph.CopyFrom(
         helper.make_graph(
             nodes=[*casts, *(_node_proto(n) for n in nodes)],
@@ -64,7 +69,7 @@ def _model_shell(graph: Graph) -> onnx.ModelProto:
 
 
 def _initializers(
-    graph: Graph, constants: Iterable[Value], inputs: set[int]
+    graph: Graph, constants: Iterable[Value], inputs: set[int], tensor: TensorFactory
 ) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
     """Initializers for ``constants``, and the widening Casts behind narrow-stored ones."""
     inits: list[onnx.TensorProto] = []
@@ -73,19 +78,19 @@ def _initializers(
         if v.storage and v.storage != v.dtype and id(v) not in inputs:
             stored = _stored_name(graph, v.name)
             dtype = helper.tensor_dtype_to_np_dtype(v.storage)
-            inits.append(numpy_helper.from_array(np.asarray(v.const).astype(dtype), stored))
+            inits.append(tensor(np.asarray(v.const).astype(dtype), stored))
             casts.append(helper.make_node("Cast", [stored], [v.name], to=v.dtype))
         else:
-            inits.append(numpy_helper.from_array(np.asarray(v.const), v.name))
+            inits.append(tensor(np.asarray(v.const), v.name))
     return inits, casts
 
 
-def _graph_proto(graph: Graph) -> onnx.GraphProto:
+def _graph_proto(graph: Graph, tensor: TensorFactory) -> onnx.GraphProto:
     io: dict[str, bytes] = graph.meta.get("io", {})
     boundary = {id(v) for v in (*graph.inputs, *graph.outputs)}
     inputs = {id(v) for v in graph.inputs}
     used = (v for v in graph.constants() if v.uses or id(v) in boundary)
-    inits, casts = _initializers(graph, used, inputs)
+    inits, casts = _initializers(graph, used, inputs, tensor)
     value_info = [
         _value_info(v)
         for v in graph.values.values()

@@ -3,6 +3,11 @@
 A model is written only after ``onnx.checker`` (full check), strict ONNX shape inference and an
 onnxruntime session run all pass. The write goes to a temporary file in the destination folder,
 is flushed to disk, then renamed over the destination.
+
+A model is given as a ModelProto, its serialized bytes, or the path of a file (a staged model
+with external data, or a lazily read input): a file is checked and run from the path, so a model
+over protobuf's 2 GB limit is never parsed into memory, and onnxruntime memory-maps its external
+weights instead of copying them.
 """
 
 from __future__ import annotations
@@ -38,10 +43,24 @@ _ORT_TYPES = {
 }
 
 
+ModelData = onnx.ModelProto | bytes | Path
+_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+
+
 def session(
-    model: onnx.ModelProto | bytes, *, threads: int = 1, optimize: bool = False
+    model: ModelData,
+    *,
+    threads: int = 1,
+    optimize: bool = False,
+    folder: Path | None = None,
+    prepack: bool = True,
 ) -> ort.InferenceSession:
-    """An onnxruntime CPU session; graph optimizations off unless asked (for exact comparisons)."""
+    """An onnxruntime CPU session; graph optimizations off unless asked (for exact comparisons).
+
+    A path is loaded by onnxruntime itself (external data mapped, not copied); ``folder`` is
+    where an in-memory model's external data files are. ``prepack`` False skips the repacking
+    of MatMul/Gemm weights at session start: for sessions that run once (verification, the
+    reference run), where packing costs more than it saves (14 s for a 2.5 GB decoder)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -49,9 +68,17 @@ def session(
     opts.log_severity_level = 4  # fatal only: run-time errors reach the user as our exceptions
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    if not prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+    if isinstance(model, Path):
+        source: str | bytes = str(model)
+        folder = model.resolve().parent
+    else:
+        source = model if isinstance(model, bytes) else model.SerializeToString()
+    if folder is not None:
+        opts.add_session_config_entry(_FOLDER_KEY, str(folder))
     try:
-        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises untyped errors
         supported = _max_ir_version(str(exc))
         if supported is None:
@@ -59,7 +86,10 @@ def session(
     # A newer IR version than this onnxruntime reads (onnx 1.23 stamps 14, ORT 1.31 reads 13):
     # run a copy stamped with the version it accepts; the written model keeps its own.
     log.info("onnxruntime reads IR version <= %d; running a copy stamped so", supported)
-    proto = onnx.ModelProto.FromString(data)
+    if isinstance(source, str):
+        proto = onnx.load(source, load_external_data=False)  # weights stay in their files
+    else:
+        proto = onnx.ModelProto.FromString(source)
     proto.ir_version = supported
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
@@ -91,25 +121,41 @@ def random_inputs(
     return feeds
 
 
-def verify(
-    model: onnx.ModelProto | bytes, feeds: Mapping[str, np.ndarray] | None = None
-) -> list[np.ndarray]:
+def verify(model: ModelData, feeds: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
     """Check and run ``model``; return its outputs on ``feeds`` (random when None).
 
     ``onnx.checker``'s full check includes strict ONNX shape inference with type checks. Pass the
     serialized bytes when you have them: a large model is then serialized once, not per check.
+    A path (a model with external data) is checked, shape-inferred and run from the file.
     """
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    data = model if isinstance(model, bytes | Path) else model.SerializeToString()
     try:
-        onnx.checker.check_model(data, full_check=True)
+        if isinstance(data, Path):
+            _check_file(data)
+        else:
+            onnx.checker.check_model(data, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise VerificationError(f"the rewritten model fails onnx.checker: {exc}") from exc
     try:
-        sess = session(data)
+        sess = session(data, prepack=False)
         run_feeds = dict(feeds) if feeds is not None else random_inputs(sess)
         return list(sess.run(None, run_feeds))
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         raise VerificationError(f"onnxruntime could not run the rewritten model: {exc}") from exc
+
+
+def _check_file(path: Path) -> None:
+    """The checker and strict shape inference on a file: the path forms read the model without
+    its external data (no 2 GB limit) and check the data files' locations."""
+    onnx.checker.check_model(str(path), full_check=True)
+    fd, inferred = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".inferred", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx.shape_inference.infer_shapes_path(
+            str(path), inferred, check_type=True, strict_mode=True
+        )
+    finally:
+        Path(inferred).unlink(missing_ok=True)
 
 
 def _umask() -> int:

@@ -8,11 +8,19 @@ interpret (subgraphs, tensors, sparse tensors, type protos) stay serialized in `
 ``Constant`` nodes become constant values (emitted as initializers), so every pass sees weights
 and shape tensors the same way. Shape inference runs on a skeleton of the model in which large
 initializers are replaced by typed graph inputs, so importing never copies the weights twice.
+
+Weights a file keeps in external data are read lazily: ``read_source`` checks every location
+(inside the model's folder, no absolute paths, no symlinks out) and keeps the main graph's large
+external initializers as references; importing maps each one read-only (``np.memmap`` over its
+offset and length), so a model larger than memory is read page by page as passes touch it.
+Small tensors and tensors in attributes or subgraphs are read into the model when it is read.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +48,50 @@ _SIMPLE_ATTRS = {
 }
 
 
+# element types whose external bytes are numpy's little-endian layout (mapped as they are)
+_MAPPABLE = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.UINT32,
+    onnx.TensorProto.UINT64,
+    onnx.TensorProto.BOOL,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSource:
+    """A model as read for pruning.
+
+    For a lazy source (``folder`` set) the main graph's large initializers are still external
+    references into files inside ``folder`` (checked when read); ``import_model`` maps them.
+    ``path`` is the file it came from, which onnxruntime can load directly."""
+
+    model: onnx.ModelProto
+    external: bool = False  # the file kept weights in external data (the output does too)
+    path: Path | None = None
+    folder: Path | None = None  # set when weights are still to be read from there
+
+    @property
+    def lazy(self) -> bool:
+        return self.folder is not None
+
+    def runnable(self) -> bytes | Path:
+        """What ``emit.verify.session`` takes: the file it was read from (onnxruntime reads it,
+        and maps its external data, without a serialized copy here), else the serialized model
+        (large models: serialize once)."""
+        if self.path is not None:
+            return self.path
+        return self.model.SerializeToString()
+
+
 def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     """Read a model file (with its external data) or pass a ModelProto through."""
     return read_model(source)[0]
@@ -47,9 +99,20 @@ def load_model(source: str | Path | onnx.ModelProto) -> onnx.ModelProto:
 
 def read_model(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     """``load_model``, and whether the file kept its weights in external data (the output then
-    does too)."""
+    does too). Reads every weight into memory; ``read_source`` reads them lazily."""
+    loaded = read_source(source, lazy=False)
+    return loaded.model, loaded.external
+
+
+def read_source(
+    source: str | Path | onnx.ModelProto | ModelSource, *, lazy: bool = True
+) -> ModelSource:
+    """Read a model; with ``lazy`` the main graph's large external weights stay in their files
+    (see ``ModelSource``). External locations are checked before any data file is opened."""
+    if isinstance(source, ModelSource):
+        return source
     if isinstance(source, onnx.ModelProto):
-        return source, False
+        return ModelSource(source)
     if not isinstance(source, str | Path):
         raise UsageError(
             f"cannot prune a {type(source).__name__}: give an ONNX file path, an onnx.ModelProto"
@@ -65,15 +128,79 @@ def read_model(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, b
     if not model.HasField("graph") or not model.graph.node:
         raise InvalidModelError(f"{path}: not an ONNX model (no graph nodes)")
     external = uses_external_data(model)
-    if external:
-        _check_external_locations(model, path)
-        try:
+    if not external:
+        return ModelSource(model, path=path)
+    _check_external_locations(model, path)
+    try:
+        if not lazy:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
-            raise InvalidModelError(
-                f"{path}: cannot read external data ({_first_line(exc)})"
-            ) from exc
-    return model, external
+            return ModelSource(model, external=True, path=path)
+        _read_small_tensors(model, path.parent)
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        raise InvalidModelError(f"{path}: cannot read external data ({_first_line(exc)})") from exc
+    return ModelSource(model, external=True, path=path, folder=path.resolve().parent)
+
+
+def _read_small_tensors(model: onnx.ModelProto, folder: Path) -> None:
+    """Read into the model every external tensor a lazy source does not map: small ones (shape
+    inference needs their values), types numpy cannot map, tensors in attributes and subgraphs."""
+    tensors: list[onnx.TensorProto] = [
+        t
+        for t in model.graph.initializer
+        if _tensor_nbytes(t) <= _SKELETON_MAX_BYTES or t.data_type not in _MAPPABLE
+    ]
+    tensors += _nested_tensors(model.graph)
+    for tensor in tensors:
+        if external_data_helper.uses_external_data(tensor):
+            external_data_helper.load_external_data_for_tensor(tensor, str(folder))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+
+
+def _nested_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Tensors in node attributes and subgraphs: everything but ``graph``'s own initializers."""
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for sub in _subgraphs(a):
+                yield from sub.initializer
+                yield from _nested_tensors(sub)
+
+
+def map_external(
+    tensor: onnx.TensorProto, folder: Path, files: dict[Path, np.memmap] | None = None
+) -> np.ndarray:
+    """A read-only ``np.memmap`` view of an external tensor's bytes in a file inside ``folder``.
+    ``files`` holds one mapping per data file, shared by the tensors in it (one file descriptor
+    per file, not per tensor)."""
+    info = {e.key: e.value for e in tensor.external_data}
+    where = f"external data of tensor {tensor.name!r}"
+    location = info.get("location", "")
+    target = (folder / location).resolve()
+    if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+        raise InvalidModelError(f"{where}: location {location!r} is outside {folder}; refused")
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    shape = tuple(int(d) for d in tensor.dims)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    files = {} if files is None else files
+    try:
+        offset = int(info.get("offset", "0"))
+        length = int(info.get("length", str(nbytes)))
+        if nbytes and target not in files:
+            files[target] = np.memmap(target, dtype=np.uint8, mode="r")
+    except (ValueError, OSError) as exc:
+        raise InvalidModelError(f"{where} is unreadable ({_first_line(exc)})") from exc
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    whole = files[target]
+    if length != nbytes or offset < 0 or offset + nbytes > whole.size:
+        raise InvalidModelError(
+            f"{where}: {nbytes} bytes at offset {offset} do not fit (length {length}, file "
+            f"{location!r} has {whole.size} bytes)"
+        )
+    return whole[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 def external_files(path: Path) -> set[Path]:
@@ -124,12 +251,14 @@ def _check_external_locations(model: onnx.ModelProto, path: Path) -> None:
             raise InvalidModelError(f"{where}: {location!r} is missing")
 
 
-def import_model(source: str | Path | onnx.ModelProto) -> Graph:
-    """Load and convert a model to the IR, with inferred shapes on every value we can."""
-    model = load_model(source)
+def import_model(source: str | Path | onnx.ModelProto | ModelSource) -> Graph:
+    """Load and convert a model to the IR, with inferred shapes on every value we can. External
+    weights of a file (or lazy source) become read-only memory maps."""
+    loaded = read_source(source)
+    model = loaded.model
     _check_opsets(model)
     inferred = _infer_shapes(model)
-    graph = _Importer(model, inferred).run()
+    graph = _Importer(model, inferred, loaded.folder).run()
     if any(_unknown(v.shape) for v in graph.inputs):
         _attach_samples(graph, _infer_shapes(model, bind=True))
     _check_sizes(graph)
@@ -137,7 +266,7 @@ def import_model(source: str | Path | onnx.ModelProto) -> Graph:
         v.name for v in graph.values.values() if v.const is None and _unknown(v.sample_shape)
     ]
     if missing:
-        _probe_samples(model, graph, missing)
+        _probe_samples(model, graph, missing, loaded.folder)
         _check_sizes(graph)
     return graph
 
@@ -168,7 +297,9 @@ def _unknown(shape: Shape | None) -> bool:
     return shape is None or not all(isinstance(d, int) for d in shape)
 
 
-def _probe_samples(model: onnx.ModelProto, graph: Graph, names: list[str]) -> None:
+def _probe_samples(
+    model: onnx.ModelProto, graph: Graph, names: list[str], folder: Path | None
+) -> None:
     """Shapes shape inference cannot see (run-time shape arithmetic, control-flow outputs), read
     off onnxruntime runs with those values exposed; models onnxruntime cannot run are left as
     they are. The run at batch 1 gives per-sample shapes; a value shape inference could not type
@@ -183,7 +314,7 @@ def _probe_samples(model: onnx.ModelProto, graph: Graph, names: list[str]) -> No
         if name not in known:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
-        sess = session(probe)
+        sess = session(probe, folder=folder)
         runs = [sess.run(names, random_inputs(sess, batch=1))]
         if any(graph.values[n].shape is None for n in names):
             runs.append(sess.run(names, random_inputs(sess, batch=2)))
@@ -330,8 +461,12 @@ def tensor_shape(tp: onnx.TypeProto) -> tuple[int, Shape | None]:
 
 
 class _Importer:
-    def __init__(self, model: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, types: dict[str, onnx.TypeProto], folder: Path | None
+    ) -> None:
         self.model = model
+        self.folder = folder  # lazy source: external initializers are mapped from here
+        self.files: dict[Path, np.memmap] = {}  # one mapping per external data file
         self.types = types
         self.graph = Graph(name=model.graph.name)
         self.output_names = {o.name for o in model.graph.output}
@@ -346,7 +481,11 @@ class _Importer:
         if mg.sparse_initializer:
             raise InvalidModelError("sparse initializers are not supported")
         for init in mg.initializer:
-            self._add_const(init.name, _to_array(init), init.data_type)
+            if self.folder is not None and external_data_helper.uses_external_data(init):
+                array = map_external(init, self.folder, self.files)
+            else:
+                array = _to_array(init)
+            self._add_const(init.name, array, init.data_type)
         for vi in mg.input:
             existing = g.values.get(vi.name)
             if existing is None:

@@ -140,7 +140,7 @@ def build_latency_model(
     graph: Graph,
     analysis: ChannelAnalysis,
     cost: CostModel,
-    original: bytes,
+    original: bytes | Path,
     feeds: Mapping[str, np.ndarray],
     *,
     round_to: int = 1,

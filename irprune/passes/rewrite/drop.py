@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from irprune.ir import Graph, Node, Shape, Value
+from irprune.ir.mapped import release
 from irprune.passes.allocation import Plan
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis
@@ -55,6 +56,7 @@ def drop(graph: Graph, analysis: ChannelAnalysis, plan: Plan) -> DropSummary:
             for axis, layout in touched:
                 data = np.take(data, lay.positions(layout, kept), axis=axis)
             new_const[value] = data
+            release(value.const)  # a mapped weight: only the sliced copy stays resident
         else:
             dims = list(value.shape or ())
             for axis, layout in touched:
