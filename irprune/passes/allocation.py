@@ -16,8 +16,9 @@ width, where the group allows; a group whose unit is a block of channels rounds 
 channels are a multiple of N; while rounding alone makes the target unreachable, N is halved,
 and the report says which N was applied). Because widths move in steps, the bisection stops
 just under the target; a greedy fill then adds back the best removed channels while the cost
-stays under it. If steps of N cannot land inside the window, a second fill adds single
-channels: the window is the contract, rounding only a preference.
+stays under it. If steps of N cannot land inside the window, one group is widened by single
+channels into it (the most aligned such width), else a second fill adds single channels to any
+group: the window is the contract, rounding only a preference.
 """
 
 from __future__ import annotations
@@ -159,9 +160,12 @@ def allocate(
         return _Step(cost.probe(target.metric, w), ids, at, budget)
 
     sub = _fill(sub, group_scores, allowed, probe(sub), coarse=True)
-    if at(sub) < (target.fraction - TOLERANCE) * total and allowed.n > 1:
-        # Rounded steps cannot land in the window: the target contract wins over rounding.
-        sub = _fill(sub, group_scores, allowed, probe(sub), coarse=False)
+    low = (target.fraction - TOLERANCE) * total
+    if at(sub) < low and allowed.n > 1:
+        # Rounded steps cannot land in the window: the target contract wins over rounding,
+        # at the price of as few unrounded widths as possible (each one slows its layers).
+        one = _land_one_group(sub, group_scores, allowed, at, low, budget)
+        sub = one if one is not None else _fill(sub, group_scores, allowed, probe(sub), False)
     widths = base.copy()
     widths[ids] = sub
     ratio = measure(widths) / total if total else 1.0
@@ -181,6 +185,71 @@ def allocate(
         if w < len(s)
     }
     return Plan(widths=widths, kept=MappingProxyType(kept), ratio=ratio, round_to=allowed.n)
+
+
+def _land_one_group(
+    sub: np.ndarray,
+    group_scores: list[np.ndarray],
+    allowed: _Widths,
+    at: Callable[[np.ndarray], float],
+    low: float,
+    budget: float,
+) -> np.ndarray | None:
+    """Widen ONE group by single channels into the window [low, budget], or None.
+
+    For every group, the widths that land in the window form a range (the cost grows with the
+    width: two bisections). The chosen width is divisible by the largest power of two in
+    tensor channels up to N/2 (the next best thing to the requested rounding for blocked
+    kernels), then costs the most within the budget (removes the least), then adds back the
+    best scores."""
+    best: tuple[int, float, float, int, int] | None = None
+    for i, width in enumerate(sub):
+        first = _first_width(sub, i, int(width) + 1, int(allowed.sizes[i]), at, low)
+        if first is None or at(_with(sub, i, first)) > budget:
+            continue
+        last = _first_width(sub, i, first, int(allowed.sizes[i]), at, budget, above=True)
+        last = (last - 1) if last is not None else int(allowed.sizes[i])
+        ranked = np.sort(group_scores[i])[::-1]
+        for w in range(first, last + 1):
+            channels = w * int(allowed.units[i])
+            align = min(channels & -channels, max(allowed.n // 2, 1))
+            key = (align, at(_with(sub, i, w)), float(ranked[int(width) : w].sum()))
+            if best is None or key > best[:3]:
+                best = (*key, i, w)
+    return None if best is None else _with(sub, best[3], best[4])
+
+
+def _first_width(
+    sub: np.ndarray,
+    i: int,
+    lo: int,
+    hi: int,
+    at: Callable[[np.ndarray], float],
+    bound: float,
+    above: bool = False,
+) -> int | None:
+    """The smallest width in [lo, hi] of group ``i`` whose cost is >= ``bound`` (> with
+    ``above``), or None."""
+
+    def reaches(w: int) -> bool:
+        cost = at(_with(sub, i, w))
+        return cost > bound if above else cost >= bound
+
+    if lo > hi or not reaches(hi):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reaches(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _with(sub: np.ndarray, i: int, width: float) -> np.ndarray:
+    out = sub.copy()
+    out[i] = width
+    return out
 
 
 def _measure(

@@ -167,3 +167,41 @@ def test_round_to_counts_channels_of_block_groups() -> None:
     feeds = feeds_for(model)
     expected = run(masked_original(model, result.analysis, result.plan), feeds)
     assert rel_diff(expected[0], run(result.model, feeds)[0]) <= 1e-5
+
+
+def _conv_chain(widths: list[int]) -> onnx.ModelProto:
+    """x -> 1x1 conv + Relu per width -> 1x1 conv (2 channels)."""
+    from onnx import helper
+
+    from tests.helpers import make_model
+
+    rng = np.random.default_rng(0)
+    nodes, inits, prev, cin = [], {}, "x", 3
+    for i, c in enumerate([*widths, 2]):
+        nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [f"y{i}"], f"c{i}"))
+        inits[f"w{i}"] = rng.standard_normal((c, cin, 1, 1)).astype(np.float32)
+        if i < len(widths):
+            nodes.append(helper.make_node("Relu", [f"y{i}"], [f"r{i}"]))
+            prev = f"r{i}"
+        cin = c
+    out = f"y{len(widths)}"
+    return make_model(nodes, [("x", ["N", 3, 8, 8])], [(out, ["N", 2, 8, 8])], inits)
+
+
+@pytest.mark.parametrize("target", [0.4, 0.5, 0.6])
+def test_window_missed_by_rounding_unrounds_one_group(target: float) -> None:
+    """Steps of 16 cannot land in the window here: one group leaves the rounding (an unrounded
+    width slows every kernel touching it), not several, and the target still holds."""
+    from tests.helpers import feeds_for, masked_original, rel_diff, run
+
+    widths = [16, 32, 64, 32, 16]
+    model = _conv_chain(widths)
+    result = prune(model, target_flops=target, round_to=16, rewrite="drop", measure_latency=False)
+    assert result.plan is not None
+    kept = result.plan.widths[: len(widths)]
+    unrounded = [int(k) for k, size in zip(kept, widths, strict=True) if k % 16 and k < size]
+    assert len(unrounded) == 1 and unrounded[0] % 2 == 0, kept
+    assert target - 0.02 <= _mac_ratio(model, result.model) <= target
+    feeds = feeds_for(model)
+    expected = run(masked_original(model, result.analysis, result.plan), feeds)
+    assert rel_diff(expected[0], run(result.model, feeds)[0]) <= 1e-5
