@@ -79,8 +79,12 @@ def one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     feeds = random_inputs(session(original), batch=1, seed=0)
     before = summarise(profile(original, feeds, args.runs))
     after = summarise(profile(pruned, feeds, args.runs))
+    same = [k for k, t in before.items() if k in after and after[k] >= 0.9 * t]
     row: dict[str, Any] = {
         "model": name,
+        # the share of the original's kernel time in nodes pruning did not speed up (>= 0.9x
+        # of their time left): what bounds the speedup at any MAC target with this plan
+        "unchanged_share": sum(before[k] for k in same) / max(sum(before.values()), 1e-9),
         "mac_ratio": result.report["cost"]["ratio"]["macs"],
         "round_to": result.report["settings"].get("round_to_applied"),
         "kernel_us_before": sum(before.values()),
@@ -102,7 +106,8 @@ def print_row(row: dict[str, Any], top: int) -> None:
     extra = f", interleaved speedup {lat['speedup']:.2f}x" if lat else ""
     print(
         f"\n== {row['model']}: MAC ratio {row['mac_ratio']:.3f}, round-to {row['round_to']},"
-        f" kernel sum {kb / 1e3:.2f} -> {ka / 1e3:.2f} ms ({kb / ka:.2f}x){extra}"
+        f" kernel sum {kb / 1e3:.2f} -> {ka / 1e3:.2f} ms ({kb / ka:.2f}x){extra},"
+        f" {row['unchanged_share']:.0%} of the time in nodes not sped up"
     )
     ops = sorted(row["by_op_before"], key=lambda k: -row["by_op_before"][k])
     print(f"  {'op':28}{'before us':>11}{'after us':>11}{'ratio':>7}{'share':>7}")
