@@ -209,14 +209,29 @@ def _land_one_group(
             continue
         last = _first_width(sub, i, first, int(allowed.sizes[i]), at, budget, above=True)
         last = (last - 1) if last is not None else int(allowed.sizes[i])
+        w = _most_aligned(first, last, int(allowed.units[i]), max(allowed.n // 2, 1))
+        channels = w * int(allowed.units[i])
         ranked = np.sort(group_scores[i])[::-1]
-        for w in range(first, last + 1):
-            channels = w * int(allowed.units[i])
-            align = min(channels & -channels, max(allowed.n // 2, 1))
-            key = (align, at(_with(sub, i, w)), float(ranked[int(width) : w].sum()))
-            if best is None or key > best[:3]:
-                best = (*key, i, w)
+        key = (
+            min(channels & -channels, max(allowed.n // 2, 1)),
+            at(_with(sub, i, w)),
+            float(ranked[int(width) : w].sum()),
+        )
+        if best is None or key > best[:3]:
+            best = (*key, i, w)
     return None if best is None else _with(sub, best[3], best[4])
+
+
+def _most_aligned(first: int, last: int, unit: int, cap: int) -> int:
+    """The largest width in [first, last] whose channel count (width x unit) is divisible by
+    the largest power of two up to ``cap`` any width there allows."""
+    p = 1 << (max(cap, 1).bit_length() - 1)
+    while p > 1:
+        step = p // math.gcd(p, unit)
+        if (last // step) * step >= first:
+            return (last // step) * step
+        p //= 2
+    return last
 
 
 def _first_width(
