@@ -41,30 +41,21 @@ def latency(
     runs: int = 20,
     warmup: int = 3,
     callback: progress.Callback | None = None,
-    cpu_time: bool = False,
 ) -> dict[str, Any]:
     """Median onnxruntime CPU latency (ms) of both models: all graph optimizations on (what users
     deploy), spinning off, runs interleaved with the order alternating every iteration.
-    Progress (one unit per pair of runs) goes to ``callback`` and any display enabled.
-
-    ``cpu_time`` times each run by the calling thread's CPU time instead of the wall clock: with
-    one thread onnxruntime runs every kernel in the calling thread, so time the process spent
-    preempted by other processes is not counted (benchmarks on a shared machine)."""
-    if cpu_time and threads != 1:
-        raise ValueError("cpu_time measures the calling thread only: use threads=1")
-    clock = time.thread_time if cpu_time else time.perf_counter
+    Progress (one unit per pair of runs) goes to ``callback`` and any display enabled."""
     sessions = [session(m, threads=threads, optimize=True) for m in (original, pruned)]
     times: list[list[float]] = [[], []]
     for i in progress.track(range(warmup + runs), "latency", callback=callback):
         for k in (0, 1) if i % 2 == 0 else (1, 0):
-            t0 = clock()
+            t0 = time.perf_counter()
             sessions[k].run(None, dict(feeds))
             if i >= warmup:
-                times[k].append((clock() - t0) * 1e3)
+                times[k].append((time.perf_counter() - t0) * 1e3)
     before, after = (statistics.median(t) for t in times)
     first = next(iter(feeds.values()), None)
     return {
-        **({"clock": "thread CPU time"} if cpu_time else {}),
         "threads": threads,
         "batch": int(first.shape[0]) if first is not None and first.ndim else 1,
         "runs": runs,
