@@ -16,7 +16,9 @@ cached export (models/zoo_export.py), then
 * **masked equivalence** -- ``tests.helpers.masked_original`` vs the pruned model, max |diff| /
   max |out| <= 1e-4 (ORT optimizations off);
 * **latency** -- onnxruntime, ``ORT_ENABLE_ALL``, 1 thread, spinning off, batch 1, original
-  and pruned interleaved, median of ``--runs``; speedup = before / after;
+  and pruned interleaved, median of ``--runs``; speedup = before / after; ``--clock cpu`` times
+  by the thread's CPU time (stable on a machine shared with other jobs, where wall-clock medians
+  swing by 2x);
 * **analysis** -- groups (prunable / total), prunable MAC share, and the first frozen reason
   of each frozen group, counted, plus the MAC share each (normalised) reason blocks: the MACs
   that depend on the groups it froze.
@@ -27,7 +29,7 @@ ORT, the drop-in check or masked equivalence: must never happen) / ERROR (anythi
 raised, or a returned model whose MAC ratio is outside the window).
 
 Usage: ``python benchmarks/zoo.py [--models ...] [--styles folded explicit] [--runs 15]
-[--no-latency] [--out benchmarks/results/zoo.json]``
+[--no-latency] [--image-size 224] [--clock cpu] [--out benchmarks/results/zoo.json]``
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from irprune.errors import IrpruneError, TargetError  # noqa: E402
 from irprune.frontends.onnx import import_model  # noqa: E402
 from irprune.passes.analysis.channels import analyze  # noqa: E402
 from irprune.passes.analysis.cost import build_cost_model  # noqa: E402
+from irprune.passes.fold import fold_constants  # noqa: E402
 from irprune.report import latency  # noqa: E402
 from models.zoo import ZOO  # noqa: E402
 from models.zoo_export import (  # noqa: E402
@@ -100,8 +103,10 @@ def normalise(reason: str, op_types: dict[str, str], producers: dict[str, str]) 
 
 
 def analysis_summary(model: onnx.ModelProto) -> dict[str, Any]:
-    """Groups, prunable MAC share and frozen reasons, computed apart from ``prune``."""
+    """Groups, prunable MAC share and frozen reasons, computed apart from ``prune`` on the same
+    IR it analyses (imported, constants folded: run-time pads/scales that are constant fold)."""
     graph = import_model(model)
+    fold_constants(graph)
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
     total = cost.macs_at(cost.base_widths)
@@ -204,6 +209,32 @@ def runtime_macs(model: onnx.ModelProto) -> int:
     return sum(_MACS[n.op_type](n, shapes) for n in nodes)
 
 
+def cpu_latency(
+    original: bytes, pruned: bytes, feeds: dict[str, np.ndarray], *, warmup: int, runs: int
+) -> dict[str, Any]:
+    """``irprune.report.latency`` (1 thread, interleaved, median) timed by the calling thread's
+    CPU time: with one thread onnxruntime runs every kernel in the caller's thread, so the time
+    the process spends preempted by other jobs on a shared machine is not counted."""
+    sessions = [session(m, threads=1, optimize=True) for m in (original, pruned)]
+    times: list[list[float]] = [[], []]
+    for i in range(warmup + runs):
+        for k in (0, 1) if i % 2 == 0 else (1, 0):
+            t0 = time.thread_time()
+            sessions[k].run(None, feeds)
+            if i >= warmup:
+                times[k].append((time.thread_time() - t0) * 1e3)
+    before, after = (statistics.median(t) for t in times)
+    return {
+        "clock": "thread CPU time",
+        "threads": 1,
+        "batch": 1,
+        "runs": runs,
+        "before_ms": before,
+        "after_ms": after,
+        "speedup": before / after if after else float("inf"),
+    }
+
+
 def bench_one(name: str, style: str, args: argparse.Namespace) -> dict[str, Any]:
     """One (model, style) row; harness failures (export, analysis) are ERROR "harness: ..."."""
     row: dict[str, Any] = {"model": name, "style": style, "irprune_source_hash": source_hash()}
@@ -294,7 +325,10 @@ def _prune_and_check(
         data = result.serialized or result.model.SerializeToString()
         before = original.SerializeToString()
         feeds = random_inputs(session(before), batch=1, seed=0)
-        row["latency"] = latency(before, data, feeds, warmup=args.warmup, runs=args.runs)
+        if args.clock == "cpu":
+            row["latency"] = cpu_latency(before, data, feeds, warmup=args.warmup, runs=args.runs)
+        else:
+            row["latency"] = latency(before, data, feeds, warmup=args.warmup, runs=args.runs)
     lo, hi = args.target_flops - 0.02, args.target_flops
     if not lo - 1e-9 <= row["mac_ratio"] <= hi + 1e-9:
         msg = f"MAC ratio {row['mac_ratio']:.4f} outside [{lo:.2f}, {hi:.2f}]"
@@ -355,7 +389,7 @@ def print_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         + "; groups = prunable/total; share = prunable MAC share; ratio = MAC ratio by"
         " runtime_macs (tests/oracles formulas on shapes measured in ORT); cost = irprune's"
         " MAC count of the original / runtime_macs ('=' within 0.1%); spdup = ORT latency"
-        f" speedup (1 thread, median of {args.runs})"
+        f" speedup (1 thread, median of {args.runs}, {args.clock} clock)"
     )
     speedups = sorted(r["latency"]["speedup"] for r in rows if r.get("latency"))
     if speedups:
@@ -391,6 +425,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--no-latency", action="store_true")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time runs by the wall clock, or by the calling thread's CPU time (1 thread: "
+        "onnxruntime runs every kernel in that thread, so preemption by other processes on a "
+        "shared machine is not counted)",
+    )
     p.add_argument(
         "--image-size", type=int, help="re-export the image models at this size (long side, px)"
     )

@@ -11,12 +11,14 @@ The contract: the pruned model's cost is at most F x the original and at least (
   saved, until the target is met; errors of different groups are assumed to add.
 
 Widths honour a floor per group (``max_prune``: at most that fraction removed, at least one
-channel kept) and ``round_to`` (kept widths are multiples of N, or the full width, where the
-group allows; while rounding alone makes the target unreachable, N is halved, and the report
-says which N was applied). Because widths move in steps, the bisection stops just under the
-target; a greedy fill then adds back the best removed channels while the cost stays under it. If
-steps of N cannot land inside the window, a second fill adds single channels: the window is the
-contract, rounding only a preference.
+channel kept) and ``round_to`` (kept widths are multiples of N tensor channels, or the full
+width, where the group allows; a group whose unit is a block of channels rounds its units so the
+channels are a multiple of N; while rounding alone makes the target unreachable, N is halved,
+and the report says which N was applied). Because widths move in steps, the bisection stops
+just under the target; a greedy fill then adds back the best removed channels while the cost
+stays under it. If steps of N cannot land inside the window, one group is widened by single
+channels into it (the most aligned such width), else a second fill adds single channels to any
+group: the window is the contract, rounding only a preference.
 """
 
 from __future__ import annotations
@@ -59,21 +61,50 @@ class Plan:
 
 
 class _Widths:
-    """Allowed widths of the prunable groups: floor, rounding, full size."""
+    """Allowed widths of the prunable groups: floor, rounding, full size.
 
-    def __init__(self, sizes: np.ndarray, round_to: int, max_prune: float) -> None:
+    ``round_to`` counts tensor channels. A group whose unit is a block of ``b`` channels (the
+    conv groups of a grouped conv, attention heads, GroupNorm groups) rounds its unit count to
+    a multiple of ``round_to / gcd(round_to, b)``, so the kept channels are a multiple of
+    ``round_to`` (4 groups of 8 channels at round-to 16: 2, 4, 6 ... groups)."""
+
+    def __init__(
+        self, sizes: np.ndarray, round_to: int, max_prune: float, units: np.ndarray | None = None
+    ) -> None:
         self.sizes = sizes
         self.n = max(int(round_to), 1)
+        self.units = np.ones(len(sizes), dtype=np.int64) if units is None else units
+        self.steps = (self.n // np.gcd(self.n, self.units)).astype(np.float64)
         floors = np.maximum(np.ceil(sizes * (1.0 - max_prune)), 1)
         self.floors = np.minimum(self.round_up(floors, raw=True), sizes)
 
+    def halved(self, max_prune: float) -> _Widths:
+        return _Widths(self.sizes, self.n // 2, max_prune, self.units)
+
     def round_up(self, k: np.ndarray, raw: bool = False) -> np.ndarray:
-        up = np.ceil(np.asarray(k, dtype=np.float64) / self.n) * self.n
+        up = np.ceil(np.asarray(k, dtype=np.float64) / self.steps) * self.steps
         up = np.where(up >= self.sizes, self.sizes, up)
         return up if raw else np.maximum(up, self.floors)
 
+    def step(self, i: int, coarse: bool) -> int:
+        """The width step of group ``i``: its rounding step, or one unit."""
+        return int(self.steps[i]) if coarse else 1
+
     def step_up(self, i: int, width: float, step: int) -> float:
         return float(min(self.sizes[i], (math.floor(width / step) + 1) * step))
+
+
+def unit_channels(analysis: ChannelAnalysis, group_id: int) -> int:
+    """Tensor channels per unit of a group: the block each of its channels is in the weights
+    that create it (1 for plain channels; a conv group's width; a head's size)."""
+    group = analysis.groups[group_id]
+    blocks = [
+        s.inner * s.outer
+        for src in group.sources
+        for s in analysis.layout(src.weight, src.axis) or ()
+        if s.root == group_id
+    ]
+    return max(min(blocks), 1) if blocks else 1
 
 
 def allocate(
@@ -98,7 +129,8 @@ def allocate(
     total = measure(base)
     budget = target.fraction * total
     sizes = base[ids]
-    allowed = _Widths(sizes, round_to, max_prune)
+    units = np.asarray([unit_channels(analysis, i) for i in ids], dtype=np.int64)
+    allowed = _Widths(sizes, round_to, max_prune, units)
 
     def at(sub: np.ndarray) -> float:
         w = base.copy()
@@ -107,7 +139,7 @@ def allocate(
 
     while allowed.n > 1 and at(allowed.floors) > budget:
         log.info("round_to=%d cannot reach the target; trying %d", allowed.n, allowed.n // 2)
-        allowed = _Widths(sizes, allowed.n // 2, max_prune)
+        allowed = allowed.halved(max_prune)
     floors = f"floors set by max_prune={max_prune:g}"
     _check_feasible(analysis, at(allowed.floors), total, target, ids, floors)
     group_scores = [np.asarray(scores.by_group[i]) for i in ids]
@@ -127,10 +159,13 @@ def allocate(
             return _Step(_FullProbe(measure, w), ids, at, budget)
         return _Step(cost.probe(target.metric, w), ids, at, budget)
 
-    sub = _fill(sub, group_scores, allowed, probe(sub), allowed.n)
-    if at(sub) < (target.fraction - TOLERANCE) * total and allowed.n > 1:
-        # Rounded steps cannot land in the window: the target contract wins over rounding.
-        sub = _fill(sub, group_scores, allowed, probe(sub), 1)
+    sub = _fill(sub, group_scores, allowed, probe(sub), coarse=True)
+    low = (target.fraction - TOLERANCE) * total
+    if at(sub) < low and allowed.n > 1:
+        # Rounded steps cannot land in the window: the target contract wins over rounding,
+        # at the price of as few unrounded widths as possible (each one slows its layers).
+        one = _land_one_group(sub, group_scores, allowed, at, low, budget)
+        sub = one if one is not None else _fill(sub, group_scores, allowed, probe(sub), False)
     widths = base.copy()
     widths[ids] = sub
     ratio = measure(widths) / total if total else 1.0
@@ -150,6 +185,86 @@ def allocate(
         if w < len(s)
     }
     return Plan(widths=widths, kept=MappingProxyType(kept), ratio=ratio, round_to=allowed.n)
+
+
+def _land_one_group(
+    sub: np.ndarray,
+    group_scores: list[np.ndarray],
+    allowed: _Widths,
+    at: Callable[[np.ndarray], float],
+    low: float,
+    budget: float,
+) -> np.ndarray | None:
+    """Widen ONE group by single channels into the window [low, budget], or None.
+
+    For every group, the widths that land in the window form a range (the cost grows with the
+    width: two bisections). The chosen width is divisible by the largest power of two in
+    tensor channels up to N/2 (the next best thing to the requested rounding for blocked
+    kernels), then costs the most within the budget (removes the least), then adds back the
+    best scores."""
+    best: tuple[int, float, float, int, int] | None = None
+    for i, width in enumerate(sub):
+        first = _first_width(sub, i, int(width) + 1, int(allowed.sizes[i]), at, low)
+        if first is None or at(_with(sub, i, first)) > budget:
+            continue
+        last = _first_width(sub, i, first, int(allowed.sizes[i]), at, budget, above=True)
+        last = (last - 1) if last is not None else int(allowed.sizes[i])
+        w = _most_aligned(first, last, int(allowed.units[i]), max(allowed.n // 2, 1))
+        channels = w * int(allowed.units[i])
+        ranked = np.sort(group_scores[i])[::-1]
+        key = (
+            min(channels & -channels, max(allowed.n // 2, 1)),
+            at(_with(sub, i, w)),
+            float(ranked[int(width) : w].sum()),
+        )
+        if best is None or key > best[:3]:
+            best = (*key, i, w)
+    return None if best is None else _with(sub, best[3], best[4])
+
+
+def _most_aligned(first: int, last: int, unit: int, cap: int) -> int:
+    """The largest width in [first, last] whose channel count (width x unit) is divisible by
+    the largest power of two up to ``cap`` any width there allows."""
+    p = 1 << (max(cap, 1).bit_length() - 1)
+    while p > 1:
+        step = p // math.gcd(p, unit)
+        if (last // step) * step >= first:
+            return (last // step) * step
+        p //= 2
+    return last
+
+
+def _first_width(
+    sub: np.ndarray,
+    i: int,
+    lo: int,
+    hi: int,
+    at: Callable[[np.ndarray], float],
+    bound: float,
+    above: bool = False,
+) -> int | None:
+    """The smallest width in [lo, hi] of group ``i`` whose cost is >= ``bound`` (> with
+    ``above``), or None."""
+
+    def reaches(w: int) -> bool:
+        cost = at(_with(sub, i, w))
+        return cost > bound if above else cost >= bound
+
+    if lo > hi or not reaches(hi):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reaches(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _with(sub: np.ndarray, i: int, width: float) -> np.ndarray:
+    out = sub.copy()
+    out[i] = width
+    return out
 
 
 def _measure(
@@ -265,7 +380,7 @@ def _greedy_sensitivity(
 
 
 def _step_down(width: float, allowed: _Widths, i: int) -> float | None:
-    n = allowed.n
+    n = allowed.step(i, coarse=True)
     lower = (math.ceil(width / n) - 1) * n
     return float(lower) if lower >= allowed.floors[i] and lower > 0 else None
 
@@ -334,7 +449,7 @@ def _fill(
     group_scores: list[np.ndarray],
     allowed: _Widths,
     step_check: _Step,
-    step: int,
+    coarse: bool,
 ) -> np.ndarray:
     """Add back removed channels, best first, while the cost stays within the budget.
 
@@ -358,7 +473,7 @@ def _fill(
         if not heap:
             break
         _, best = heapq.heappop(heap)
-        width = allowed.step_up(best, sub[best], step)
+        width = allowed.step_up(best, sub[best], allowed.step(best, coarse))
         if step_check.fits(sub, best, width):
             step_check.commit(best, width)
             sub[best] = width

@@ -5,8 +5,11 @@ entry for a channel axis holds the new width by itself. Index map of Shape: no d
 x's channels, only their count, so every axis of x is bound (tied to its own layout), provided
 every entry holding a channel count only flows, through Gather / Slice / Concat / Unsqueeze /
 Squeeze / Identity / Cast / Reshape of vectors, into Reshape target shapes (checked there, see
-below). Anywhere else (arithmetic, Expand, Range, a graph output, ...) the channel axes are left
-unmapped, refused with where the count goes, so their groups freeze.
+below) or into a Resize's ``sizes`` at the position of that same axis of the Resize's own input
+(``F.interpolate(x, size=...)`` builds ``sizes`` as ``Shape(x)[:2]`` + the new spatial size: the
+channel entry is x's own count at run time, which follows the pruning by itself). Anywhere else
+(arithmetic, Expand, Range, a graph output, ...) the channel axes are left unmapped, refused
+with where the count goes, so their groups freeze.
 
 Entries of a shape vector (``entries``): each a literal int or ``Size(v, k)``, the run-time size
 of axis k of v, read through Constant, Shape (start/end), Gather (axis 0, constant indices),
@@ -161,6 +164,8 @@ def _leak(ctx: Context, vector: Value, x: Value, axes: set[int]) -> str | None:
         for user, i in value.uses:
             if user.key == ("", "Reshape") and i == 1:
                 continue
+            if user.key == ("", "Resize") and i == 3 and _sizes_repeat(user, x, axes):
+                continue
             readable = user.key in _READERS and (i == 0 or user.key not in _DATA_INPUT_ONLY)
             out = user.outputs[0] if readable else None
             got = entries(out) if out is not None else None
@@ -170,6 +175,37 @@ def _leak(ctx: Context, vector: Value, x: Value, axes: set[int]) -> str | None:
                 seen.add(id(out))
                 stack.append(out)
     return None
+
+
+def resize_sizes_kept(node: Node) -> set[int]:
+    """The axes of a Resize's input x whose entry in its ``sizes`` input (3) is the run-time
+    size of that same axis of x: the op leaves them alone whatever their width."""
+    x = node.required(0)
+    got = entries(node.input(3)) if len(node.inputs) > 3 else None
+    if got is None or x.rank is None:
+        return set()
+    axes = [int(a) % x.rank for a in node.attr("axes", range(x.rank))]
+    if len(got) != len(axes):
+        return set()
+    return {a for a, e in zip(axes, got, strict=True) if e == Size(x, a)}
+
+
+def _sizes_repeat(resize: Node, x: Value, axes: set[int]) -> bool:
+    """Every channel count of ``x`` in the Resize's ``sizes`` is the size of that same axis of
+    the Resize's own input (a size that follows the pruning by itself)."""
+    got = entries(resize.input(3))
+    data = resize.required(0)
+    if got is None or data.rank is None:
+        return False
+    listed = [int(a) % data.rank for a in resize.attr("axes", range(data.rank))]
+    if len(got) != len(listed):
+        return False
+    kept = resize_sizes_kept(resize)
+    return all(
+        a in kept
+        for a, e in zip(listed, got, strict=True)
+        if isinstance(e, Size) and e.value is x and e.axis in axes
+    )
 
 
 def _shape_rule(ctx: Context, node: Node) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from irprune.ir import Node, Value
 from irprune.passes.analysis.rules.base import NodeEdit, OpRule, RewriteView, const_ints
+from irprune.passes.analysis.rules.dynamic_shape import resize_sizes_kept
 from irprune.passes.analysis.rules.slicing import ints_like
 
 if TYPE_CHECKING:
@@ -100,13 +101,19 @@ def _resize(ctx: Context, node: Node) -> None:
     axes = _resized_axes(node, x.rank)
     scales, sizes = _resize_params(ctx, node)
     alone = set(range(x.rank)) - set(axes)
+    runtime: set[int] = set()
     crop = _text(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize"
     if not crop and _text(node, "keep_aspect_ratio_policy", "stretch") == "stretch":
         if scales is not None and len(scales) == len(axes):
             alone |= {a for a, s in zip(axes, scales, strict=True) if s == 1.0}
         elif sizes is not None and len(sizes) == len(axes):
             alone |= {a for a, s in zip(axes, sizes, strict=True) if s == x.static_dim(a)}
-    alone = {a for a in alone if y.static_dim(a) == x.static_dim(a)}
+        elif node.op_type == "Resize" and ctx.opset >= 11:
+            runtime = resize_sizes_kept(node)  # sizes[a] is x's own axis a at run time
+            alone |= runtime
+    # a run-time size is x's own: y's dim may be unknown to shape inference, never different
+    same = {a for a in runtime if y.static_dim(a) in (None, x.static_dim(a))}
+    alone = {a for a in alone if y.static_dim(a) == x.static_dim(a) or a in same}
     _pass_through(ctx, node, alone, "resizes a channel axis (or its scales are not constant)")
 
 
