@@ -204,12 +204,14 @@ def prune(
     data: str | Path | Mapping[str, np.ndarray] | None = None,
     csgd_epsilon: float = 0.05,
     csgd_lr: float = 0.01,
+    tracer: str = "auto",
 ) -> Result:
     """Prune ``model`` to the target and return the verified result (nothing is written).
 
     ``model`` is a path, an ``onnx.ModelProto`` or a ``torch.nn.Module``; a module needs
     ``example_inputs`` (a tensor or tuple of tensors, batch on axis 0) and is lowered by the
-    torch.fx frontend (the result's ``.model`` is ONNX).
+    torch.fx frontend (the result's ``.model`` is ONNX); ``tracer`` picks how it is traced:
+    ``"fx"`` (symbolic trace), ``"export"`` (torch.export) or ``"auto"`` (fx, else export).
 
     ``rewrite`` None picks the default measured best on real data (benchmarks/quality.py, see
     the README): ``reconstruct`` with calibration data, ``compensate`` (from BN statistics)
@@ -237,7 +239,7 @@ def prune(
         raise UsageError("C-SGD training (--csgd-epochs) needs --rewrite merge and --data")
     timer = _Timer()
     t = time.perf_counter()
-    original, external = _load(model, example_inputs)
+    original, external = _load(model, example_inputs, tracer)
     graph = _import(original)
     original_bytes = original.SerializeToString()
     reference_session = _original_session(original_bytes)  # a model ORT cannot load fails here
@@ -437,13 +439,13 @@ def _meet_latency(
     return best
 
 
-def _load(model: Any, example_inputs: Any) -> tuple[onnx.ModelProto, bool]:
+def _load(model: Any, example_inputs: Any, tracer: str) -> tuple[onnx.ModelProto, bool]:
     """The ONNX model to prune (read from a file, passed in, or lowered from a torch module)
     and whether its weights came from external data files."""
     if fx.is_torch_module(model):
         if example_inputs is None:
             raise UsageError("a torch.nn.Module needs example_inputs= (a tensor or tensor tuple)")
-        return fx.to_onnx(model, example_inputs), False
+        return fx.to_onnx(model, example_inputs, tracer=tracer), False
     if example_inputs is not None:
         raise UsageError("example_inputs= is only used with a torch.nn.Module model")
     return read_model(model)
