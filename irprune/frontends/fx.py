@@ -226,20 +226,32 @@ def lower(
     inputs = _example_tuple(example_inputs)
     if module.training:
         log.warning("%s is in training mode; lowering its eval behaviour", type(module).__name__)
-    if tracer != "export":
+    if tracer == "export":
+        gm = export.export_graph(module, inputs)
+    else:
         try:
             gm = _trace(module)
         except UnsupportedModelError as exc:
             if tracer == "fx":
                 raise
             log.info("%s; using torch.export", exc)
+            gm = _export_instead(module, inputs, exc)
         else:
             log.info("%s traced by torch.fx.symbolic_trace", type(module).__name__)
             return _lower_traced(gm, fx_ops.table(), module, inputs, input_names, output_names)
-    gm = export.export_graph(module, inputs)
     return _lower_traced(
         gm, export_ops.table(), module, inputs, input_names, output_names, export.annotate_shapes
     )
+
+
+def _export_instead(module: Any, inputs: tuple[Any, ...], fx_error: Exception) -> Any:
+    """torch.export's graph where torch.fx failed; when both fail, both reasons."""
+    from irprune.frontends import export
+
+    try:
+        return export.export_graph(module, inputs)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"{fx_error}; {exc}") from exc
 
 
 def _lower_traced(

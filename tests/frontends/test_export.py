@@ -143,6 +143,35 @@ def test_export_matches_onnx_export(name: str, zoo_onnx: Callable[[str, str], Pa
     assert _rel(session(reference.model).run(None, feeds), pruned) <= TOLERANCE
 
 
+# Only the export path prunes these: forced (the other groups ignored), the drop rewrite must
+# still compute the original with the removed channels zeroed (DESIGN.md section 4).
+FORCED = {
+    "hf_gpt2": (0.83, ("addmm_2/Gemm", "addmm_6/Gemm")),  # the heads, MLPs ignored
+    "hf_segformer": (0.8, ()),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FORCED))
+def test_groups_only_the_export_path_sees_are_pruned_exactly(name: str) -> None:
+    from models.zoo import build_zoo, sample_inputs
+    from tests.helpers import feeds_for, masked_original, rel_diff, run
+
+    target, ignored = FORCED[name]
+    lowered = to_onnx(build_zoo(name), sample_inputs(name, batch=1), tracer="export")
+    result = prune(
+        lowered, target_flops=target, rewrite="drop", measure_latency=False, ignore=ignored,
+        round_to=1,
+    )  # fmt: skip
+    kept = {s: (g["size"], g["kept"]) for g in result.report["groups"] for s in g["sources"]}
+    assert all(kept[s][1] < kept[s][0] for s in MORE_PRUNABLE[name])
+    assert result.analysis is not None and result.plan is not None
+    feeds = feeds_for(lowered, batch=2, seed=1)
+    expected = run(masked_original(lowered, result.analysis, result.plan), feeds)
+    got = run(result.model, feeds)
+    assert max(rel_diff(e, g) for e, g in zip(expected, got, strict=True)) <= 1e-5
+
+
 # --------------------------------------------------------------------------- known answers
 
 
@@ -335,5 +364,8 @@ def test_data_dependent_module_fails_closed() -> None:
 
     with pytest.raises(UnsupportedModelError, match=r"torch\.export cannot export Branchy"):
         to_onnx(Branchy(), torch.randn(1, 4), tracer="export")
+    both = r"torch\.fx cannot trace Branchy.*; torch\.export cannot export Branchy"
+    with pytest.raises(UnsupportedModelError, match=both):
+        to_onnx(Branchy(), torch.randn(1, 4))  # auto: both tracers tried, both reasons given
     with pytest.raises(UsageError, match="tracer"):
         to_onnx(Branchy(), torch.randn(1, 4), tracer="jit")
