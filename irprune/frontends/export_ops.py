@@ -307,6 +307,34 @@ def _layer_norm(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
     )  # fmt: skip
 
 
+def _group_norm(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
+    """``group_norm(x, G, w, b, eps)``; the affine parameters must be constants."""
+    x = as_tensor(ctx, args[0])
+    weight, bias = arg_at(args, kwargs, 2, "weight", None), arg_at(args, kwargs, 3, "bias", None)
+    if any(isinstance(v, Value) and v.const is None for v in (weight, bias)):
+        raise ctx.fail("group_norm with run-time affine parameters has no lowering")
+    w = weight.const if isinstance(weight, Value) else None
+    b = bias.const if isinstance(bias, Value) else None
+    if (w is None) != (b is None):
+        c = ctx.shape(x)[1]
+        w = np.ones(c, np.float32) if w is None else w
+        b = np.zeros(c, np.float32) if b is None else b
+    eps = float(arg_at(args, kwargs, 4, "eps", 1e-5))
+    return fxo.group_norm_op(ctx, x, int(args[1]), w, b, eps)
+
+
+def _instance_norm(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
+    """``instance_norm(x, w, b, mean, var, use_input_stats, momentum, eps, cudnn)``."""
+    x = as_tensor(ctx, args[0])
+    if not args[5]:
+        raise ctx.fail("instance_norm with running statistics has no lowering")
+    c = ctx.shape(x)[1]
+    return ctx.op(
+        "InstanceNormalization", x, _filled(ctx, args[1], 1.0, c, x),
+        _filled(ctx, args[2], 0.0, c, x), epsilon=float(args[7]),
+    )  # fmt: skip
+
+
 # --------------------------------------------------------------------------- shapes, indexing
 
 
@@ -538,6 +566,8 @@ def table() -> AtenTable:
     add("batch_norm", default, _batch_norm)
     add("_native_batch_norm_legit_no_training", default, _batch_norm_no_training)
     add("layer_norm", default, _layer_norm)
+    add("group_norm", default, _group_norm)
+    add("instance_norm", default, _instance_norm)
     add("max_pool1d max_pool2d max_pool3d", default, fxo._max_pool_fn)
     add("avg_pool1d avg_pool2d avg_pool3d", default, fxo._avg_pool_fn)
     add("adaptive_avg_pool1d adaptive_avg_pool2d", default, fxo._adaptive_avg_fn)

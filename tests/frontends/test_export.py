@@ -172,6 +172,65 @@ def test_groups_only_the_export_path_sees_are_pruned_exactly(name: str) -> None:
     assert max(rel_diff(e, g) for e, g in zip(expected, got, strict=True)) <= 1e-5
 
 
+# --------------------------------------------------------------------------- plain torch models
+# The export path also covers every model the fx path does. ShuffleNetV2: the export's shapes
+# carry the chunk sizes behind the run-time channel-shuffle reshapes, which the ONNX file (and the
+# fx path) lose ("concatenated input has unknown size"), so it prunes 16 groups instead of 11.
+SEES_MORE = {"zoo:shufflenet_v2"}
+PLAIN_FAST = {"zoo:groupnorm_resnet", "zoo:style_transfer"}  # group / instance norm lowerings
+
+
+def _plain_cases() -> Iterator[Any]:
+    from models.zoo import ZOO
+    from tests.conftest import REFERENCE
+
+    names = [f"ref:{n}" for n in REFERENCE]
+    names += [f"zoo:{n}" for n, spec in ZOO.items() if spec.family == "torch"]
+    for case in names:
+        marks = () if case in PLAIN_FAST else pytest.mark.slow
+        yield pytest.param(case, marks=marks, id=case)
+
+
+@pytest.mark.parametrize("case", _plain_cases())
+def test_export_path_on_plain_torch_models(
+    case: str,
+    reference_onnx: Callable[[str, str], Path],
+    zoo_onnx: Callable[[str, str], Path],
+) -> None:
+    from tests.helpers import feeds_for, masked_original, rel_diff, run
+
+    kind, name = case.split(":")
+    if kind == "ref":
+        from models.reference import REFERENCE_MODELS, build_preset
+
+        shape = REFERENCE_MODELS[name].input_shape("test", batch=1)
+        example = (torch.randn(shape, generator=torch.Generator().manual_seed(0)),)
+        module, exported = build_preset(name), onnx.load(reference_onnx(name, "explicit"))
+    else:
+        from models.zoo import ZOO, build_zoo, sample_inputs
+
+        style = "explicit" if ZOO[name].has_bn else "folded"
+        module, example = build_zoo(name), sample_inputs(name, batch=1)
+        exported = onnx.load(zoo_onnx(name, style))
+    in_names = [i.name for i in exported.graph.input]
+    out_names = [o.name for o in exported.graph.output]
+    lowered = to_onnx(module, example, in_names, out_names, tracer="export")
+    assert not lowered.functions  # nothing kept opaque
+    feeds = random_inputs(session(exported), batch=3, seed=1)
+    got = session(lowered).run(None, feeds)
+    assert _rel(_torch_outputs(module, feeds, in_names), got) <= TOLERANCE
+    if case not in SEES_MORE:
+        assert _groups(lowered) == _groups(exported)
+        return
+    assert len(_groups(lowered, True)) > len(_groups(exported, True))
+    result = prune(lowered, target_flops=TARGET, rewrite="drop", measure_latency=False)
+    assert result.analysis is not None and result.plan is not None
+    small = feeds_for(lowered, batch=2, seed=1)
+    expected = run(masked_original(lowered, result.analysis, result.plan), small)
+    pruned = run(result.model, small)
+    assert max(rel_diff(e, g) for e, g in zip(expected, pruned, strict=True)) <= 1e-5
+
+
 # --------------------------------------------------------------------------- known answers
 
 
