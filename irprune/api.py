@@ -216,12 +216,14 @@ def prune(
     csgd_lr: float = 0.01,
     stage_dir: str | Path | None = None,
     stream_threshold: int | None = None,
+    tracer: str = "auto",
 ) -> Result:
     """Prune ``model`` to the target and return the verified result (nothing is written).
 
     ``model`` is a path, an ``onnx.ModelProto`` or a ``torch.nn.Module``; a module needs
     ``example_inputs`` (a tensor or tuple of tensors, batch on axis 0) and is lowered by the
-    torch.fx frontend (the result's ``.model`` is ONNX).
+    torch.fx frontend (the result's ``.model`` is ONNX); ``tracer`` picks how it is traced:
+    ``"fx"`` (symbolic trace), ``"export"`` (torch.export) or ``"auto"`` (fx, else export).
 
     ``rewrite`` None picks the default measured best on real data (benchmarks/quality.py, see
     the README): ``reconstruct`` with calibration data, ``compensate`` (from BN statistics)
@@ -257,7 +259,7 @@ def prune(
         raise UsageError("C-SGD training (--csgd-epochs) needs --rewrite merge and --data")
     timer = _Timer()
     t = time.perf_counter()
-    original = _load(model, example_inputs)
+    original = _load(model, example_inputs, tracer)
     graph = _import(original)
     original_bytes = original.runnable()  # the input file, or serialised once
     large = weight_bytes(graph) > (
@@ -511,13 +513,13 @@ def _meet_latency(
     return best
 
 
-def _load(model: Any, example_inputs: Any) -> ModelSource:
+def _load(model: Any, example_inputs: Any, tracer: str) -> ModelSource:
     """The ONNX model to prune: read from a file (external weights lazily), passed in, or
-    lowered from a torch module."""
+    lowered from a torch module (``tracer``: "auto", "fx" or "export")."""
     if fx.is_torch_module(model):
         if example_inputs is None:
             raise UsageError("a torch.nn.Module needs example_inputs= (a tensor or tensor tuple)")
-        return ModelSource(fx.to_onnx(model, example_inputs))
+        return ModelSource(fx.to_onnx(model, example_inputs, tracer=tracer))
     if example_inputs is not None:
         raise UsageError("example_inputs= is only used with a torch.nn.Module model")
     return read_source(model)

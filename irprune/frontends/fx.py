@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 BATCH = "batch"
+TRACERS = ("auto", "fx", "export")
 
 
 def is_torch_module(obj: object) -> bool:
@@ -181,9 +182,10 @@ def import_module(
     *,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    tracer: str = "auto",
 ) -> Graph:
     """The IR of ``module`` with every shape inferred, as the ONNX frontend returns it."""
-    return import_model(to_onnx(module, example_inputs, input_names, output_names))
+    return import_model(to_onnx(module, example_inputs, input_names, output_names, tracer))
 
 
 def to_onnx(
@@ -191,11 +193,13 @@ def to_onnx(
     example_inputs: Any,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    tracer: str = "auto",
 ) -> onnx.ModelProto:
     """``module`` lowered to an ONNX model (opset 17, symbolic batch, weights as initializers)."""
-    return to_model(
-        lower(module, example_inputs, input_names=input_names, output_names=output_names)
+    graph = lower(
+        module, example_inputs, input_names=input_names, output_names=output_names, tracer=tracer
     )
+    return to_model(graph)
 
 
 def lower(
@@ -204,25 +208,73 @@ def lower(
     *,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    tracer: str = "auto",
 ) -> Graph:
-    """Trace ``module`` and lower it to an IR graph (shapes known only at the boundary)."""
+    """Trace ``module`` and lower it to an IR graph (shapes known only at the boundary).
+
+    ``tracer``: ``"fx"`` (``torch.fx.symbolic_trace``, torch module/function/method table),
+    ``"export"`` (``torch.export``, ATen table: :mod:`irprune.frontends.export`), or
+    ``"auto"``: fx, and torch.export where fx cannot trace the module."""
     import torch
 
-    from irprune.frontends import fx_opaque, fx_ops
+    from irprune.frontends import export, export_ops, fx_ops
 
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    if tracer not in TRACERS:
+        raise UsageError(f"tracer must be one of {', '.join(TRACERS)}, got {tracer!r}")
     inputs = _example_tuple(example_inputs)
     if module.training:
         log.warning("%s is in training mode; lowering its eval behaviour", type(module).__name__)
-    gm = _trace(module)
+    if tracer == "export":
+        gm = export.export_graph(module, inputs)
+    else:
+        try:
+            gm = _trace(module)
+        except UnsupportedModelError as exc:
+            if tracer == "fx":
+                raise
+            log.info("%s; using torch.export", exc)
+            gm = _export_instead(module, inputs, exc)
+        else:
+            log.info("%s traced by torch.fx.symbolic_trace", type(module).__name__)
+            return _lower_traced(gm, fx_ops.table(), module, inputs, input_names, output_names)
+    return _lower_traced(
+        gm, export_ops.table(), module, inputs, input_names, output_names, export.annotate_shapes
+    )
+
+
+def _export_instead(module: Any, inputs: tuple[Any, ...], fx_error: Exception) -> Any:
+    """torch.export's graph where torch.fx failed; when both fail, both reasons."""
+    from irprune.frontends import export
+
+    try:
+        return export.export_graph(module, inputs)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"{fx_error}; {exc}") from exc
+
+
+def _lower_traced(
+    gm: Any,
+    table: Any,
+    module: Any,
+    inputs: tuple[Any, ...],
+    input_names: Sequence[str] | None,
+    output_names: Sequence[str] | None,
+    annotate: Callable[[Any, dict[str, Any]], None] | None = None,
+) -> Graph:
+    """A traced graph module lowered through ``table`` (the fx or the ATen one); ``annotate``
+    sees the lowered value of every node (the export path adds its symbolic shapes)."""
+    from irprune.frontends import fx_opaque
+
     names = _input_names(gm, module, inputs, input_names)
-    table = fx_ops.table()
     ctx = Lowering(Graph(name=type(module).__name__))
     ctx.graph.opset_imports[""] = OPSET
     opaque = {n.name for n in gm.graph.nodes if table.is_opaque(gm, n)}
     metas = _example_metas(gm, inputs, opaque, ctx.examples)
-    _lower_nodes(ctx, gm, table, metas, names)
+    env = _lower_nodes(ctx, gm, table, metas, names)
+    if annotate is not None:
+        annotate(gm, env)
     output = next(n for n in gm.graph.nodes if n.op == "output")
     dims = _output_dims(gm, inputs, metas[output.name])
     _add_outputs(ctx, ctx.env_output, dims, output_names)
@@ -235,8 +287,9 @@ def lower(
 
 def _lower_nodes(
     ctx: Lowering, gm: Any, table: Any, metas: dict[str, Any], names: list[str]
-) -> None:
-    """Every fx node in order; the value(s) the output node returns go to ``ctx.env_output``."""
+) -> dict[str, Any]:
+    """Every fx node in order; the value(s) the output node returns go to ``ctx.env_output``.
+    Returns what each node was lowered to, by node name."""
     env: dict[str, Any] = {}
     for node in gm.graph.nodes:
         ctx.where = str(node.target) if node.op == "call_module" else node.name
@@ -251,6 +304,7 @@ def _lower_nodes(
             result = table.lower(ctx, gm, node, args, kwargs)
             _record(ctx, result, metas[node.name])
             env[node.name] = result
+    return env
 
 
 def _input_names(

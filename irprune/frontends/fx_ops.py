@@ -402,22 +402,28 @@ def _instance_norm(ctx: Lowering, m: Any, args: tuple, kwargs: dict) -> Value:
 
 
 def _group_norm(ctx: Lowering, m: Any, args: tuple, kwargs: dict) -> Value:
+    weight = m.weight.detach().numpy() if m.affine else None
+    bias = m.bias.detach().numpy() if m.affine else None
+    return group_norm_op(ctx, as_tensor(ctx, args[0]), int(m.num_groups), weight, bias, m.eps)
+
+
+def group_norm_op(
+    ctx: Lowering, x: Value, groups: int, weight: Any, bias: Any, eps: float
+) -> Value:
     """As the exporter writes it: Reshape to (N, G, -1), InstanceNormalization, Reshape back,
-    per-channel Mul and Add."""
-    x = as_tensor(ctx, args[0])
-    g = int(m.num_groups)
-    grouped = ctx.op("Reshape", x, ctx.ints([0, g, -1]))
-    ones, zeros = np.ones(g, np.float32), np.zeros(g, np.float32)
+    per-channel Mul and Add (``weight`` / ``bias``: numpy arrays or None)."""
+    grouped = ctx.op("Reshape", x, ctx.ints([0, groups, -1]))
+    ones, zeros = np.ones(groups, np.float32), np.zeros(groups, np.float32)
     normed = ctx.op(
-        "InstanceNormalization", grouped, ctx.const(ones), ctx.const(zeros), epsilon=float(m.eps)
+        "InstanceNormalization", grouped, ctx.const(ones), ctx.const(zeros), epsilon=float(eps)
     )
     y = ctx.op("Reshape", normed, ctx.op("Shape", x))
-    if not m.affine:
+    if weight is None or bias is None:
         return y
-    trailing = (m.num_channels,) + (1,) * (ctx.rank(x) - 2)
-    weight = ctx.const(m.weight.detach().numpy().reshape(trailing), f"{ctx.where}.weight")
-    bias = ctx.const(m.bias.detach().numpy().reshape(trailing), f"{ctx.where}.bias")
-    return ctx.op("Add", ctx.op("Mul", y, weight), bias)
+    trailing = (ctx.shape(x)[1],) + (1,) * (ctx.rank(x) - 2)
+    scale = ctx.const(np.asarray(weight).reshape(trailing), f"{ctx.where}.weight")
+    shift = ctx.const(np.asarray(bias).reshape(trailing), f"{ctx.where}.bias")
+    return ctx.op("Add", ctx.op("Mul", y, scale), shift)
 
 
 # --------------------------------------------------------------------------- pooling

@@ -41,9 +41,10 @@ from tests.conftest import REFERENCE  # noqa: E402
 TOLERANCE = 1e-4
 TARGET = 0.5
 # Zoo models fx cannot trace, with the reason: none of the plain-torch ones. The transformers
-# models are out of scope: torch.fx.symbolic_trace stops in the zoo's HFWrapper (forward(*args)
-# iterates a Proxy) and, on the bare transformers models, at Python control flow on traced
-# values (ResNet, ConvNeXt) or at optional-argument handling (ViT).
+# models are not traceable by torch.fx.symbolic_trace: it stops in the zoo's HFWrapper
+# (forward(*args) iterates a Proxy) and, on the bare transformers models, at Python control flow
+# on traced values (ResNet, ConvNeXt) or at optional-argument handling (ViT); they go through
+# the torch.export path instead (tests/frontends/test_export.py).
 NOT_TRACEABLE: dict[str, str] = {}
 FAST = {
     "ref:mobilenet_v2",  # ReLU6 (Clip), depthwise, linear bottleneck add, Gemm head
