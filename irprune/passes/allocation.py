@@ -36,6 +36,7 @@ from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.cost import CostModel
 from irprune.passes.importance import Scores
 from irprune.passes.latency import LatencyModel
+from irprune.passes.rounding import group_steps
 from irprune.passes.sensitivity import Curves, predicted
 
 log = logging.getLogger(__name__)
@@ -59,18 +60,23 @@ class Plan:
 
 
 class _Widths:
-    """Allowed widths of the prunable groups: floor, rounding, full size."""
+    """Allowed widths of the prunable groups: floor, rounding (per group, ``rounding``), full
+    size. ``n`` is the requested multiple, ``steps`` each group's own."""
 
     def __init__(self, sizes: np.ndarray, round_to: int, max_prune: float) -> None:
         self.sizes = sizes
         self.n = max(int(round_to), 1)
+        self.steps = group_steps(sizes, self.n)
         floors = np.maximum(np.ceil(sizes * (1.0 - max_prune)), 1)
         self.floors = np.minimum(self.round_up(floors, raw=True), sizes)
 
     def round_up(self, k: np.ndarray, raw: bool = False) -> np.ndarray:
-        up = np.ceil(np.asarray(k, dtype=np.float64) / self.n) * self.n
+        up = np.ceil(np.asarray(k, dtype=np.float64) / self.steps) * self.steps
         up = np.where(up >= self.sizes, self.sizes, up)
         return up if raw else np.maximum(up, self.floors)
+
+    def step(self, i: int, fine: bool = False) -> int:
+        return 1 if fine else int(self.steps[i])
 
     def step_up(self, i: int, width: float, step: int) -> float:
         return float(min(self.sizes[i], (math.floor(width / step) + 1) * step))
@@ -127,10 +133,10 @@ def allocate(
             return _Step(_FullProbe(measure, w), ids, at, budget)
         return _Step(cost.probe(target.metric, w), ids, at, budget)
 
-    sub = _fill(sub, group_scores, allowed, probe(sub), allowed.n)
+    sub = _fill(sub, group_scores, allowed, probe(sub))
     if at(sub) < (target.fraction - TOLERANCE) * total and allowed.n > 1:
         # Rounded steps cannot land in the window: the target contract wins over rounding.
-        sub = _fill(sub, group_scores, allowed, probe(sub), 1)
+        sub = _fill(sub, group_scores, allowed, probe(sub), fine=True)
     widths = base.copy()
     widths[ids] = sub
     ratio = measure(widths) / total if total else 1.0
@@ -265,7 +271,7 @@ def _greedy_sensitivity(
 
 
 def _step_down(width: float, allowed: _Widths, i: int) -> float | None:
-    n = allowed.n
+    n = allowed.step(i)
     lower = (math.ceil(width / n) - 1) * n
     return float(lower) if lower >= allowed.floors[i] and lower > 0 else None
 
@@ -334,7 +340,7 @@ def _fill(
     group_scores: list[np.ndarray],
     allowed: _Widths,
     step_check: _Step,
-    step: int,
+    fine: bool = False,
 ) -> np.ndarray:
     """Add back removed channels, best first, while the cost stays within the budget.
 
@@ -358,7 +364,7 @@ def _fill(
         if not heap:
             break
         _, best = heapq.heappop(heap)
-        width = allowed.step_up(best, sub[best], step)
+        width = allowed.step_up(best, sub[best], allowed.step(best, fine))
         if step_check.fits(sub, best, width):
             step_check.commit(best, width)
             sub[best] = width
