@@ -10,10 +10,11 @@ The contract: the pruned model's cost is at most F x the original and at least (
   greedily take the step (N channels of one group) with the least predicted error per MAC
   saved, until the target is met; errors of different groups are assumed to add.
 
-Widths honour a floor per group (``max_prune``: at most that fraction removed, at least one
-channel kept) and ``round_to`` (kept widths are multiples of N, or the full width, where the
-group allows; while rounding alone makes the target unreachable, N is halved, and the report
-says which N was applied). Because widths move in steps, the bisection stops just under the
+Widths honour a floor per group (``max_prune``: at most that fraction removed, at least one channel
+kept) and ``round_to`` (kept widths are multiples of N, or the full width, where the group allows;
+while rounding alone makes the target unreachable, N is halved, and the report says which N was
+applied; when the plan at N removes more than half of some group, it is redone with narrow groups
+rounded finer, ``rounding``). Because widths move in steps, the bisection stops just under the
 target; a greedy fill then adds back the best removed channels while the cost stays under it. If
 steps of N cannot land inside the window, a second fill adds single channels: the window is the
 contract, rounding only a preference.
@@ -57,16 +58,20 @@ class Plan:
     kept: Mapping[int, np.ndarray]  # sorted kept channel indices of every group that shrinks
     ratio: float  # achieved cost / original cost, by the cost model, for the target metric
     round_to: int = 1  # the rounding applied (halved from the request while it blocked the target)
+    narrow: bool = False  # narrow groups rounded finer (``rounding``) to avoid an over-cut
 
 
 class _Widths:
-    """Allowed widths of the prunable groups: floor, rounding (per group, ``rounding``), full
-    size. ``n`` is the requested multiple, ``steps`` each group's own."""
+    """Allowed widths of the prunable groups: floor, rounding, full size. ``n`` is the requested
+    multiple, ``steps`` each group's own (finer for narrow groups with ``narrow``: ``rounding``)."""
 
-    def __init__(self, sizes: np.ndarray, round_to: int, max_prune: float) -> None:
+    def __init__(
+        self, sizes: np.ndarray, round_to: int, max_prune: float, narrow: bool = False
+    ) -> None:
         self.sizes = sizes
         self.n = max(int(round_to), 1)
-        self.steps = group_steps(sizes, self.n)
+        self.narrow = narrow
+        self.steps = group_steps(sizes, self.n) if narrow else np.full(len(sizes), float(self.n))
         floors = np.maximum(np.ceil(sizes * (1.0 - max_prune)), 1)
         self.floors = np.minimum(self.round_up(floors, raw=True), sizes)
 
@@ -95,16 +100,49 @@ def allocate(
     curves: Curves | None = None,
     latency: LatencyModel | None = None,
 ) -> Plan:
+    """Widths per group for the target; see the module doc. When the plan at the requested
+    rounding removes more than ``1 - OVERCUT_KEEP`` of some group while narrow groups were held
+    at coarse steps, it is redone with narrow groups rounded finer (``rounding``)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}")
-    ignored = set(ignore)
+    args = (analysis, cost, scores, target, strategy, round_to, max_prune, set(ignore))
+    plan = _allocate(*args, curves=curves, latency=latency)
+    sizes = np.array([g.size for g in analysis.prunable])
+    finer = bool((group_steps(sizes, plan.round_to) < plan.round_to).any())
+    if finer and _overcut(analysis, plan):
+        log.info("round_to=%d cuts a group by more than half; narrow groups round finer", round_to)
+        plan = _allocate(*args, curves=curves, latency=latency, narrow=True)
+    return plan
+
+
+OVERCUT_KEEP = 0.5  # a plan keeping less than this of some group tries finer narrow rounding
+
+
+def _overcut(analysis: ChannelAnalysis, plan: Plan) -> bool:
+    return any(plan.widths[g.id] < OVERCUT_KEEP * g.size for g in analysis.prunable)
+
+
+def _allocate(
+    analysis: ChannelAnalysis,
+    cost: CostModel,
+    scores: Scores,
+    target: Target,
+    strategy: str,
+    round_to: int,
+    max_prune: float,
+    ignored: set[int],
+    *,
+    curves: Curves | None,
+    latency: LatencyModel | None,
+    narrow: bool = False,
+) -> Plan:
     ids = [g.id for g in analysis.prunable if g.id not in ignored and g.id in scores.by_group]
     base = cost.base_widths.copy()
     measure = _measure(cost, target, latency)
     total = measure(base)
     budget = target.fraction * total
     sizes = base[ids]
-    allowed = _Widths(sizes, round_to, max_prune)
+    allowed = _Widths(sizes, round_to, max_prune, narrow)
 
     def at(sub: np.ndarray) -> float:
         w = base.copy()
@@ -113,7 +151,7 @@ def allocate(
 
     while allowed.n > 1 and at(allowed.floors) > budget:
         log.info("round_to=%d cannot reach the target; trying %d", allowed.n, allowed.n // 2)
-        allowed = _Widths(sizes, allowed.n // 2, max_prune)
+        allowed = _Widths(sizes, allowed.n // 2, max_prune, allowed.narrow)
     floors = f"floors set by max_prune={max_prune:g}"
     _check_feasible(analysis, at(allowed.floors), total, target, ids, floors)
     group_scores = [np.asarray(scores.by_group[i]) for i in ids]
@@ -155,7 +193,9 @@ def allocate(
         for gid, s, w in zip(ids, group_scores, sub, strict=True)
         if w < len(s)
     }
-    return Plan(widths=widths, kept=MappingProxyType(kept), ratio=ratio, round_to=allowed.n)
+    return Plan(
+        widths=widths, kept=MappingProxyType(kept), ratio=ratio, round_to=allowed.n, narrow=narrow
+    )
 
 
 def _measure(

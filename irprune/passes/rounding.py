@@ -6,6 +6,11 @@ fraction of its width: a 16-wide group can only be kept whole at N = 16, a 32-wi
 halved. So a group narrower than ``MIN_STEPS`` x N is rounded to N halved (repeatedly), but never
 below ``MIN_ROUND`` (the multiple the fast kernels need): at N = 16, groups under 64 channels
 round to 8, wider ones to 16. A request of ``MIN_ROUND`` or less applies as given.
+
+The finer steps cost speed where the CPU's blocked kernels want the full multiple (AVX-512:
+blocks of 16), so ``allocation`` uses them only when the plan at N would remove more than half
+of some group (measured on the digits nets: ResNet-20 at 0.5 FLOPs, N = 16, keeps its 16-wide
+stage and cuts its 64-wide stage to 16: -1.8 points; with the narrow groups at 8: -0.2).
 """
 
 from __future__ import annotations

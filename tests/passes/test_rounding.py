@@ -55,28 +55,35 @@ def _chain(widths: list[int]):
     return make_model(nodes, [("x", ["N", 3, 8, 8])], [("out", ["N", 10, 8, 8])], inits)
 
 
-def test_narrow_groups_round_finer_under_the_same_request() -> None:
-    """At round_to 16 a 16-wide and a 32-wide group can still be cut (to multiples of 8)
-    while the 64-wide ones keep multiples of 16, without halving the request for all."""
+def _plan(target: float):
     graph = _import(_chain([16, 32, 64, 64]))
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
-    ids = [g.id for g in analysis.prunable]
     assert sorted(g.size for g in analysis.prunable) == [16, 32, 64, 64]
-    # the narrow groups score lowest, so the global ranking cuts them first
-    by_group = {
-        g.id: (0.1 if g.size < 64 else 1.0) + np.linspace(0, 0.01, g.size)
-        for g in analysis.prunable
-    }
+    by_group = {g.id: 1.0 + np.linspace(0, 0.01, g.size) for g in analysis.prunable}
     scores = Scores("test", MappingProxyType(by_group))
-    plan = allocate(analysis, cost, scores, Target("macs", 0.7), round_to=16)
+    plan = allocate(analysis, cost, scores, Target("macs", target), round_to=16)
     assert plan.round_to == 16
-    for gid in ids:
-        size, kept = analysis.groups[gid].size, int(plan.widths[gid])
-        assert kept % (8 if size < 64 else 16) == 0
-        if size < 64:
-            assert kept < size  # with steps of 16 the 16-wide group could not be cut
-    assert 0.68 <= plan.ratio <= 0.7
+    assert target - 0.02 <= plan.ratio <= target
+    return analysis, plan
+
+
+def test_round_to_16_as_asked_while_no_group_loses_more_than_half() -> None:
+    analysis, plan = _plan(0.3)
+    assert not plan.narrow
+    assert all(plan.widths[g.id] % 16 == 0 for g in analysis.prunable if g.size >= 16)
+
+
+def test_narrow_groups_round_finer_when_16_would_cut_a_group_by_more_than_half() -> None:
+    """At 0.25, steps of 16 would leave a 64-wide group at 16; the narrow groups (16, 32 wide)
+    then round to 8 and take their share, the wide ones keep multiples of 16."""
+    analysis, plan = _plan(0.25)
+    assert plan.narrow
+    for g in analysis.prunable:
+        kept = int(plan.widths[g.id])
+        assert kept % (8 if g.size < 48 else 16) == 0
+        if g.size == 64:
+            assert kept >= 32
 
 
 def test_latency_grid_offers_the_same_widths_as_the_allocation() -> None:
