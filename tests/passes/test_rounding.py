@@ -92,3 +92,17 @@ def test_latency_grid_offers_the_same_widths_as_the_allocation() -> None:
     assert set(_grid(32, True, 16, 0.9)) <= {8.0, 16.0, 24.0, 32.0}
     assert 24.0 in set(_grid(32, True, 16, 0.9))
     assert all(w % 16 == 0 for w in _grid(256, True, 16, 0.9))
+
+
+def test_the_report_says_when_narrow_groups_rounded_finer() -> None:
+    from irprune.api import prune
+    from irprune.report import format_table
+
+    model = _chain([16, 32, 64, 64])
+    coarse = prune(model, target_flops=0.3, dry_run=True)
+    finer = prune(model, target_flops=0.25, dry_run=True)
+    assert coarse.report["settings"]["round_narrow"] is False
+    assert finer.report["settings"]["round_narrow"] is True
+    assert "rounded to smaller multiples" not in format_table(coarse.report)
+    line = "groups narrower than 48 channels rounded to smaller multiples (down to 8)"
+    assert line in format_table(finer.report)
