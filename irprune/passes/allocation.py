@@ -111,7 +111,10 @@ def allocate(
     finer = bool((group_steps(sizes, plan.round_to) < plan.round_to).any())
     if finer and _overcut(analysis, plan):
         log.info("round_to=%d cuts a group by more than half; narrow groups round finer", round_to)
-        plan = _allocate(*args, curves=curves, latency=latency, narrow=True)
+        try:
+            plan = _allocate(*args, curves=curves, latency=latency, narrow=True)
+        except TargetError as exc:  # finer steps only add choices; keep the valid plan if not
+            log.info("finer rounding did not land the target (%s); keeping round_to", exc)
     return plan
 
 
