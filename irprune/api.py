@@ -311,6 +311,7 @@ def prune(
     t = timer.lap("allocation", t)
     settings = dict(
         round_to_applied=plan.round_to,
+        round_narrow=plan.narrow,
         criterion=criterion,
         strategy=strategy,
         rewrite=rewrite,

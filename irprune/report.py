@@ -11,6 +11,7 @@ import numpy as np
 
 from irprune import progress
 from irprune.emit.verify import ModelData, session
+from irprune.passes.rounding import MIN_STEPS, group_step
 
 
 def fidelity(reference: list[np.ndarray], pruned: list[np.ndarray]) -> dict[str, float | None]:
@@ -139,6 +140,13 @@ def format_table(report: Mapping[str, Any]) -> str:
         lines.append(
             f"round-to {settings['round_to']} could not reach the target; "
             f"widths rounded to {settings['round_to_applied']}"
+        )
+    if settings.get("round_narrow"):
+        applied = settings.get("round_to_applied", settings.get("round_to"))
+        finest = group_step(1, applied)
+        lines.append(
+            f"round-to {applied} would cut a group by more than half; groups narrower than "
+            f"{MIN_STEPS * applied} channels rounded to smaller multiples (down to {finest})"
         )
     groups = report["groups"]
     pruned = [g for g in groups if g["kept"] < g["size"]]

@@ -14,11 +14,12 @@ Widths honour a floor per group (``max_prune``: at most that fraction removed, a
 channel kept) and ``round_to`` (kept widths are multiples of N tensor channels, or the full
 width, where the group allows; a group whose unit is a block of channels rounds its units so the
 channels are a multiple of N; while rounding alone makes the target unreachable, N is halved,
-and the report says which N was applied). Because widths move in steps, the bisection stops
-just under the target; a greedy fill then adds back the best removed channels while the cost
-stays under it. If steps of N cannot land inside the window, one group is widened by single
-channels into it (the most aligned such width), else a second fill adds single channels to any
-group: the window is the contract, rounding only a preference.
+and the report says which N was applied; when the plan at N removes more than half of some
+group, it is redone with narrow groups rounded finer, ``rounding``). Because widths move in
+steps, the bisection stops just under the target; a greedy fill then adds back the best
+removed channels while the cost stays under it. If steps of N cannot land inside the window,
+one group is widened by single channels into it (the most aligned such width), else a second
+fill adds single channels to any group: the window is the contract, rounding only a preference.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.cost import CostModel
 from irprune.passes.importance import Scores
 from irprune.passes.latency import LatencyModel
+from irprune.passes.rounding import group_steps
 from irprune.passes.sensitivity import Curves, predicted
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class Plan:
     kept: Mapping[int, np.ndarray]  # sorted kept channel indices of every group that shrinks
     ratio: float  # achieved cost / original cost, by the cost model, for the target metric
     round_to: int = 1  # the rounding applied (halved from the request while it blocked the target)
+    narrow: bool = False  # narrow groups rounded finer (``rounding``) to avoid an over-cut
 
 
 class _Widths:
@@ -66,20 +69,32 @@ class _Widths:
     ``round_to`` counts tensor channels. A group whose unit is a block of ``b`` channels (the
     conv groups of a grouped conv, attention heads, GroupNorm groups) rounds its unit count to
     a multiple of ``round_to / gcd(round_to, b)``, so the kept channels are a multiple of
-    ``round_to`` (4 groups of 8 channels at round-to 16: 2, 4, 6 ... groups)."""
+    ``round_to`` (4 groups of 8 channels at round-to 16: 2, 4, 6 ... groups). With ``narrow``,
+    narrow groups round to a finer multiple of channels (``rounding``)."""
 
     def __init__(
-        self, sizes: np.ndarray, round_to: int, max_prune: float, units: np.ndarray | None = None
+        self,
+        sizes: np.ndarray,
+        round_to: int,
+        max_prune: float,
+        units: np.ndarray | None = None,
+        narrow: bool = False,
     ) -> None:
         self.sizes = sizes
         self.n = max(int(round_to), 1)
         self.units = np.ones(len(sizes), dtype=np.int64) if units is None else units
-        self.steps = (self.n // np.gcd(self.n, self.units)).astype(np.float64)
+        self.narrow = narrow
+        channels = (
+            group_steps(sizes * self.units, self.n).astype(np.int64)
+            if narrow
+            else np.full(len(sizes), self.n, dtype=np.int64)
+        )
+        self.steps = (channels // np.gcd(channels, self.units)).astype(np.float64)
         floors = np.maximum(np.ceil(sizes * (1.0 - max_prune)), 1)
         self.floors = np.minimum(self.round_up(floors, raw=True), sizes)
 
     def halved(self, max_prune: float) -> _Widths:
-        return _Widths(self.sizes, self.n // 2, max_prune, self.units)
+        return _Widths(self.sizes, self.n // 2, max_prune, self.units, self.narrow)
 
     def round_up(self, k: np.ndarray, raw: bool = False) -> np.ndarray:
         up = np.ceil(np.asarray(k, dtype=np.float64) / self.steps) * self.steps
@@ -120,9 +135,45 @@ def allocate(
     curves: Curves | None = None,
     latency: LatencyModel | None = None,
 ) -> Plan:
+    """Widths per group for the target; see the module doc. When the plan at the requested
+    rounding removes more than ``1 - OVERCUT_KEEP`` of some group while narrow groups were held
+    at coarse steps, it is redone with narrow groups rounded finer (``rounding``)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}")
-    ignored = set(ignore)
+    args = (analysis, cost, scores, target, strategy, round_to, max_prune, set(ignore))
+    plan = _allocate(*args, curves=curves, latency=latency)
+    channels = np.array([g.size * unit_channels(analysis, g.id) for g in analysis.prunable])
+    finer = bool((group_steps(channels, plan.round_to) < plan.round_to).any())
+    if finer and _overcut(analysis, plan):
+        log.info("round_to=%d cuts a group by more than half; narrow groups round finer", round_to)
+        try:
+            plan = _allocate(*args, curves=curves, latency=latency, narrow=True)
+        except TargetError as exc:  # finer steps only add choices; keep the valid plan if not
+            log.info("finer rounding did not land the target (%s); keeping round_to", exc)
+    return plan
+
+
+OVERCUT_KEEP = 0.5  # a plan keeping less than this of some group tries finer narrow rounding
+
+
+def _overcut(analysis: ChannelAnalysis, plan: Plan) -> bool:
+    return any(plan.widths[g.id] < OVERCUT_KEEP * g.size for g in analysis.prunable)
+
+
+def _allocate(
+    analysis: ChannelAnalysis,
+    cost: CostModel,
+    scores: Scores,
+    target: Target,
+    strategy: str,
+    round_to: int,
+    max_prune: float,
+    ignored: set[int],
+    *,
+    curves: Curves | None,
+    latency: LatencyModel | None,
+    narrow: bool = False,
+) -> Plan:
     ids = [g.id for g in analysis.prunable if g.id not in ignored and g.id in scores.by_group]
     base = cost.base_widths.copy()
     measure = _measure(cost, target, latency)
@@ -130,7 +181,7 @@ def allocate(
     budget = target.fraction * total
     sizes = base[ids]
     units = np.asarray([unit_channels(analysis, i) for i in ids], dtype=np.int64)
-    allowed = _Widths(sizes, round_to, max_prune, units)
+    allowed = _Widths(sizes, round_to, max_prune, units, narrow)
 
     def at(sub: np.ndarray) -> float:
         w = base.copy()
@@ -184,7 +235,9 @@ def allocate(
         for gid, s, w in zip(ids, group_scores, sub, strict=True)
         if w < len(s)
     }
-    return Plan(widths=widths, kept=MappingProxyType(kept), ratio=ratio, round_to=allowed.n)
+    return Plan(
+        widths=widths, kept=MappingProxyType(kept), ratio=ratio, round_to=allowed.n, narrow=narrow
+    )
 
 
 def _land_one_group(

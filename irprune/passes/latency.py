@@ -2,15 +2,15 @@
 
 The heavy ops (Conv, Gemm, and MatMul with a constant weight) are timed alone, each in a one-node
 model, at a grid of candidate widths of its output channels and its input channels per group
-(widths the allocation can choose: multiples of ``round_to`` between the group's floor and its
-full size). Between grid points the time is interpolated linearly in each axis; the table is made
-non-decreasing in both axes (a narrower op is never predicted slower), so the model stays
-monotone for the allocation's bisection. Everything else in the graph (activations, pooling,
-normalisation, data movement, the session's own overhead) and what timing an op alone misses
-(its weights streaming from memory instead of cache, layout reorders ORT removes inside a graph)
-are fitted from two measurements of whole models: the original, and the same graph with every
-prunable group cut to about half (``probe``, supplied by the caller). With ``S(w)`` the sum of
-the tabled ops, the predicted latency at widths ``w`` is::
+(widths the allocation can choose: multiples of the group's rounding step, ``rounding``, between
+the group's floor and its full size). Between grid points the time is interpolated linearly in each
+axis; the table is made non-decreasing in both axes (a narrower op is never predicted slower), so
+the model stays monotone for the allocation's bisection. Everything else in the graph (activations,
+pooling, normalisation, data movement, the session's own overhead) and what timing an op alone
+misses (its weights streaming from memory instead of cache, layout reorders ORT removes inside a
+graph) are fitted from two measurements of whole models: the original, and the same graph with
+every prunable group cut to about half (``probe``, supplied by the caller). With ``S(w)`` the sum
+of the tabled ops, the predicted latency at widths ``w`` is::
 
     S(w) = sum over tabled ops n of T_n(out_n(w), in_n(w))
     L(w) = a + b * S(w),   a, b through (S(full), L(full)) and (S(half), L(half))
@@ -45,6 +45,7 @@ from irprune.emit.verify import session
 from irprune.ir import Graph, Node, Value
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.cost import CostModel
+from irprune.passes.rounding import group_step
 from irprune.progress import Callback, track
 
 log = logging.getLogger(__name__)
@@ -183,8 +184,8 @@ def build_latency_model(
 
 def _half_widths(analysis: ChannelAnalysis, cost: CostModel, round_to: int) -> np.ndarray:
     widths = cost.base_widths.copy()
-    n = max(int(round_to), 1)
     for g in analysis.prunable:
+        n = group_step(g.size, round_to)
         widths[g.id] = min(g.size, max(n, round(g.size / 2 / n) * n))
     return widths
 
@@ -275,7 +276,7 @@ def _grid(full: int, pruned: bool, round_to: int, max_prune: float) -> np.ndarra
     """Candidate widths: the full width and GRID_POINTS widths spread down to the floor."""
     if not pruned or full <= 1:
         return np.array([float(full)])
-    n = max(int(round_to), 1)
+    n = group_step(full, round_to)
     floor = min(-(-max(int(np.ceil(full * (1.0 - max_prune))), 1) // n) * n, full)
     raw = np.linspace(floor, full, GRID_POINTS + 1)
     snapped = {min(full, max(floor, round(v / n) * n)) for v in raw} | {full}
