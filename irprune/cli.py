@@ -94,6 +94,7 @@ def _prune_parser() -> _Parser:
         "--data", type=Path, help="training .npz: inputs by name, optional integer 'labels'"
     )
     p.add_argument("--csgd-lr", type=float, default=0.01, metavar="LR", help="C-SGD SGD step")
+    _temporary_bn(p)
     p.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, metavar="N")
     p.add_argument("--ignore", action="append", default=[], metavar="NODE_OR_GROUP")
     p.add_argument("--max-prune", type=float, default=DEFAULT_MAX_PRUNE, metavar="F")
@@ -177,6 +178,16 @@ def _prune_options(args: argparse.Namespace) -> dict[str, Any]:
         csgd_epochs=args.csgd_epochs,
         data=args.data,
         csgd_lr=args.csgd_lr,
+        temporary_bn=not args.no_temporary_bn,
+    )
+
+
+def _temporary_bn(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-temporary-bn",
+        action="store_true",
+        help="train BN-free (folded) models as they are, without temporary BatchNormalization "
+        "after their Conv/Gemm outputs (folded back afterwards)",
     )
 
 
@@ -282,6 +293,7 @@ def _run_finetune(argv: Sequence[str]) -> int:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
     p.add_argument("--freeze-bn", action="store_true", help="keep BN running statistics")
+    _temporary_bn(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", type=Path, help="default: MODEL.finetuned.onnx")
     _verbosity(p)
@@ -319,6 +331,7 @@ def _finetune(args: argparse.Namespace) -> Any:
         optimizer=args.optimizer,
         temperature=args.temperature,
         freeze_bn=args.freeze_bn,
+        temporary_bn=not args.no_temporary_bn,
         seed=args.seed,
     )
 
