@@ -87,7 +87,7 @@ def bench(name: str, style: str, args: argparse.Namespace) -> list[dict[str, Any
         }
         print(
             f"  {mode:8} {args.epochs} epochs: {after:.4f} "
-            f"({row['points_lost']:+.2f} pts vs original, {row['seconds']:.0f} s)",
+            f"({-row['points_lost']:+.2f} points vs original, {row['seconds']:.0f} s)",
             flush=True,
         )
         rows.append(row)

@@ -163,3 +163,11 @@ def test_finetune_writes_the_original_ops_and_can_skip_the_temporary_bn() -> Non
     )  # fmt: skip
     assert len(plain.model.graph.node[0].input) == 2
     assert rel_diff(run(plain.model, {"x": X})[0], run(result.model, {"x": X})[0]) > 1e-3
+
+
+def test_a_tiny_trailing_batch_joins_the_last_one() -> None:
+    from irprune.finetune import batch_bounds
+
+    assert batch_bounds(1347, 64)[-2:] == [(1216, 1280), (1280, 1347)]  # 3 left over: joined
+    assert batch_bounds(96, 64) == [(0, 64), (64, 96)]  # half a batch: its own
+    assert batch_bounds(10, 64) == [(0, 10)]
