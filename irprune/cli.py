@@ -313,6 +313,11 @@ def _run_finetune(argv: Sequence[str]) -> int:
     if not args.quiet:
         for epoch, loss in enumerate(result.losses, 1):
             print(f"epoch {epoch}: mean loss {loss:.4f}")
+        if result.temporary_norms:
+            print(
+                f"trained with {result.temporary_norms} temporary BatchNormalization nodes "
+                "(no normalisation after those Conv/Gemm outputs), folded back into the weights"
+            )
         print(f"fine-tuned in {result.seconds:.1f} s; wrote {output}")
     return 0
 

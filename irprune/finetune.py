@@ -59,6 +59,7 @@ class FinetuneResult:
     losses: list[float]  # mean training loss of each epoch
     seconds: float
     serialized: bytes = field(default=b"", repr=False)
+    temporary_norms: int = 0  # BatchNormalization nodes added for training and folded back
 
     def save(self, path: str | Path) -> Path:
         return atomic_write(self.serialized or self.model, path)
@@ -123,7 +124,8 @@ def finetune(
     first = {k: v[: min(batch, 8)] for k, v in feeds.items()}
     verify(trained, first)
     log.info("fine-tuned %d epochs in %.1f s; losses %s", epochs, seconds, losses)
-    return FinetuneResult(onnx.ModelProto.FromString(trained), losses, seconds, trained)
+    count = 0 if normalised is None else len(normalised.norms)
+    return FinetuneResult(onnx.ModelProto.FromString(trained), losses, seconds, trained, count)
 
 
 def batch_bounds(rows: int, batch: int) -> list[tuple[int, int]]:

@@ -5,6 +5,7 @@ the fold (the merge stays exact), and the written model has the original nodes."
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -171,3 +172,17 @@ def test_a_tiny_trailing_batch_joins_the_last_one() -> None:
     assert batch_bounds(1347, 64)[-2:] == [(1216, 1280), (1280, 1347)]  # 3 left over: joined
     assert batch_bounds(96, 64) == [(0, 64), (64, 96)]  # half a batch: its own
     assert batch_bounds(10, 64) == [(0, 10)]
+
+
+def test_cli_says_so_and_can_turn_it_off(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from irprune.cli import main
+
+    model, data, out = tmp_path / "m.onnx", tmp_path / "train.npz", tmp_path / "out.onnx"
+    onnx.save(_folded(), model)
+    np.savez(data, x=X, y=Y)
+    args = ["finetune", str(model), "--data", str(data), "--labels", "y", "-o", str(out)]
+    assert main(args) == 0
+    assert "trained with 3 temporary BatchNormalization nodes" in capsys.readouterr().out
+    assert _ops(onnx.load(out)) == _ops(_folded())
+    assert main([*args, "--no-temporary-bn"]) == 0
+    assert "temporary" not in capsys.readouterr().out
