@@ -14,7 +14,9 @@ runs the same ones); they are called one by one here only to keep the trained mo
 merge for the losslessness check.
 
 Usage: ``python benchmarks/csgd.py [--nets resnet20 ...] [--styles explicit folded]
-[--target 0.5] [--epochs 20]``; writes ``benchmarks/results/csgd.json``.
+[--target 0.5] [--epochs 20] [--no-temporary-bn]``; writes ``benchmarks/results/csgd.json``.
+BN-folded exports train with temporary BN nodes (``backends.tempnorm``) unless
+``--no-temporary-bn``.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def bench(name: str, style: str, args: argparse.Namespace) -> dict[str, Any]:
     data = {"input": split.x_train}
     report = csgd.train(
         graph, analysis, clusters, data, labels=split.y_train, epochs=args.epochs, lr=args.lr,
-        epsilon=args.epsilon,
+        epsilon=args.epsilon, normalise=not args.no_temporary_bn,
     )  # fmt: skip
     row["train_s"] = time.perf_counter() - start
     trained = to_model(graph)
@@ -85,6 +87,9 @@ def bench(name: str, style: str, args: argparse.Namespace) -> dict[str, Any]:
         merge_rel_change=_rel(after, before),
         spread=report.spread,
         final_loss=report.final_loss,
+        temporary_norms=report.temporary_norms,
+        epochs=args.epochs,
+        lr=args.lr,
     )
     return row
 
@@ -99,6 +104,7 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--epsilon", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-temporary-bn", action="store_true", help="train folded nets as they are")
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "irprune-digits")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/csgd.json")
     args = p.parse_args()

@@ -69,6 +69,7 @@ def bench(name: str, style: str, args: argparse.Namespace) -> list[dict[str, Any
             lr=args.lr,
             optimizer=args.optimizer,
             batch=args.batch,
+            temporary_bn=not args.no_temporary_bn,
         )
         after = accuracy(result.model, *test)
         row = {
@@ -77,6 +78,8 @@ def bench(name: str, style: str, args: argparse.Namespace) -> list[dict[str, Any
             "epochs": args.epochs,
             "optimizer": args.optimizer,
             "lr": args.lr,
+            "batch": args.batch,
+            "temporary_bn": not args.no_temporary_bn,
             "finetuned": after,
             "points_lost": 100 * (original - after),
             "losses": result.losses,
@@ -84,7 +87,7 @@ def bench(name: str, style: str, args: argparse.Namespace) -> list[dict[str, Any
         }
         print(
             f"  {mode:8} {args.epochs} epochs: {after:.4f} "
-            f"({row['points_lost']:+.2f} pts vs original, {row['seconds']:.0f} s)",
+            f"({-row['points_lost']:+.2f} points vs original, {row['seconds']:.0f} s)",
             flush=True,
         )
         rows.append(row)
@@ -102,6 +105,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--optimizer", default="sgd", choices=("adam", "sgd"))
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--no-temporary-bn", action="store_true", help="train folded nets as they are")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "irprune-digits")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/finetune.json"))
     return p.parse_args()
@@ -109,6 +114,10 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     args = parse()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     for name, style in itertools.product(args.nets, args.styles):

@@ -8,9 +8,17 @@ rewrites) is a seeded subset of the TRAINING split only.
 
     python benchmarks/quality.py                      # the full grid (long: run in background)
     python benchmarks/quality.py --quick              # target 0.5 and a reduced grid
+    python benchmarks/quality.py --training           # the training rows (see below)
 
 Writes benchmarks/results/quality.json (every row) and prints the best data-free and calibrated
 setting per net, style and target, plus the rows of the defaults.
+
+``--training`` runs nothing: it reads the results of ``benchmarks/csgd.py`` (C-SGD + merge) and
+``benchmarks/finetune.py`` (drop + fine-tuning) from benchmarks/results/ (``--csgd-results``,
+``--finetune-results``: several files, later ones replace earlier rows of the same net and
+style) and prints, per net and style, the original, C-SGD + merge, drop + fine-tune (labels
+mode) and the merge's own relative output change, as a markdown table; writes
+benchmarks/results/quality_training.json.
 """
 
 from __future__ import annotations
@@ -125,6 +133,49 @@ def summary(rows: list[dict]) -> None:
             )
 
 
+def _latest(paths: list[Path], key: str | None = None) -> dict[tuple[str, str], dict]:
+    """Rows by (net, style) from result files (a list, or {"rows": [...]}), later files win;
+    ``key``: only fine-tuning rows of the labels mode."""
+    out: dict[tuple[str, str], dict] = {}
+    for path in paths:
+        if not path.is_file():
+            print(f"  (no {path})")
+            continue
+        data = json.loads(path.read_text())
+        for row in data["rows"] if isinstance(data, dict) else data:
+            if key is None or row.get("mode") == key:
+                out[(row["net"], row["style"])] = row
+    return out
+
+
+def training(args: argparse.Namespace) -> None:
+    csgd, tuned = _latest(args.csgd_results), _latest(args.finetune_results, "labels")
+    print("| net | export | original | C-SGD + merge | drop + fine-tune | merge change |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    rows = []
+    for net, style in itertools.product(args.nets, args.styles):
+        c, f = csgd.get((net, style)), tuned.get((net, style))
+        if c is None and f is None:
+            continue
+        base = (c or f)["original"]  # type: ignore[index]
+        row = {"net": net, "style": style, "original": base}
+        cells = [f"{100 * base:.2f}"]
+        if c is not None:
+            row |= {"csgd_merge": c["csgd_merge"], "merge_rel_change": c["merge_rel_change"]}
+            cells.append(f"{100 * c['csgd_merge']:.2f} ({100 * (c['csgd_merge'] - base):+.2f})")
+        else:
+            cells.append("-")
+        if f is not None:
+            row |= {"finetuned": f["finetuned"], "finetune_epochs": f["epochs"]}
+            cells.append(f"{100 * f['finetuned']:.2f} ({100 * (f['finetuned'] - base):+.2f})")
+        else:
+            cells.append("-")
+        cells.append(f"{c['merge_rel_change']:.1e}" if c is not None else "-")
+        rows.append(row)
+        print(f"| {net} | {style} | " + " | ".join(cells) + " |")
+    save(rows, args.out.with_name("quality_training.json"))
+
+
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--nets", nargs="+", default=list(NETS))
@@ -137,6 +188,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="target 0.5, l1/fpgm/apoz, global")
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "irprune-digits")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.json"))
+    p.add_argument("--training", action="store_true", help="table of the training results")
+    results = Path("benchmarks/results")
+    p.add_argument("--csgd-results", nargs="+", type=Path, default=[results / "csgd.json"])
+    p.add_argument("--finetune-results", nargs="+", type=Path, default=[results / "finetune.json"])
     args = p.parse_args()
     if args.quick:
         args.targets, args.criteria, args.strategies = [0.5], ["l1", "fpgm", "apoz"], ["global"]
@@ -145,6 +200,9 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     args = parse()
+    if args.training:
+        training(args)
+        return
     rows: list[dict] = []
     start = time.perf_counter()
     for name, style in itertools.product(args.nets, args.styles):

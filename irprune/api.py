@@ -217,6 +217,7 @@ def prune(
     stage_dir: str | Path | None = None,
     stream_threshold: int | None = None,
     tracer: str = "auto",
+    temporary_bn: bool = True,
 ) -> Result:
     """Prune ``model`` to the target and return the verified result (nothing is written).
 
@@ -231,7 +232,9 @@ def prune(
     ``hessian``) a task loss; without them they use distillation against the original outputs.
     ``csgd_epochs`` > 0 with ``rewrite="merge"`` trains the clusters together first (C-SGD,
     needs torch) on ``data``: an .npz path or arrays keyed by input name, plus optional integer
-    ``labels`` (without them the loss is distillation from the original outputs).
+    ``labels`` (without them the loss is distillation from the original outputs). A graph
+    whose Conv/Gemm outputs are not normalised (BN folded) trains with temporary BN nodes,
+    folded back afterwards (``backends.tempnorm``), unless ``temporary_bn`` is False.
     ``target_latency`` is a fraction of the original's onnxruntime CPU latency at batch
     1 with ``latency_threads`` threads, measured on this machine (see :mod:`passes.latency`).
 
@@ -328,7 +331,9 @@ def prune(
     if csgd_epochs:
         assert data is not None
         train, train_labels = _training_data(graph, data)
-        csgd = CsgdOptions(csgd_epochs, train, train_labels, lr=csgd_lr, epsilon=csgd_epsilon)
+        csgd = CsgdOptions(
+            csgd_epochs, train, train_labels, csgd_lr, csgd_epsilon, normalise=temporary_bn
+        )
     # a parameter budget leaves no room for biases the repair would add
     new_params = target.metric != "params"
     stream = _Stream(original.external, stream_threshold, _stage_dir(stage_dir, model))
@@ -535,6 +540,7 @@ class CsgdOptions:
     labels: np.ndarray | None = None
     lr: float = 0.01
     epsilon: float = 0.05
+    normalise: bool = True  # temporary BN after unnormalised producers (backends.tempnorm)
 
 
 def _train_csgd(
@@ -549,7 +555,7 @@ def _train_csgd(
     clusters = cluster_groups(graph, analysis, plan, seed=seed)
     result = csgd.train(
         graph, analysis, clusters, options.data, labels=options.labels, epochs=options.epochs,
-        lr=options.lr, epsilon=options.epsilon, seed=seed,
+        lr=options.lr, epsilon=options.epsilon, seed=seed, normalise=options.normalise,
     )  # fmt: skip
     info = {**vars(result), "labels": options.labels is not None}
     return clusters, info

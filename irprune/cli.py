@@ -94,6 +94,7 @@ def _prune_parser() -> _Parser:
         "--data", type=Path, help="training .npz: inputs by name, optional integer 'labels'"
     )
     p.add_argument("--csgd-lr", type=float, default=0.01, metavar="LR", help="C-SGD SGD step")
+    _temporary_bn(p)
     p.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, metavar="N")
     p.add_argument("--ignore", action="append", default=[], metavar="NODE_OR_GROUP")
     p.add_argument("--max-prune", type=float, default=DEFAULT_MAX_PRUNE, metavar="F")
@@ -178,6 +179,16 @@ def _prune_options(args: argparse.Namespace) -> dict[str, Any]:
         csgd_epochs=args.csgd_epochs,
         data=args.data,
         csgd_lr=args.csgd_lr,
+        temporary_bn=not args.no_temporary_bn,
+    )
+
+
+def _temporary_bn(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-temporary-bn",
+        action="store_true",
+        help="train BN-free (folded) models as they are, without temporary BatchNormalization "
+        "after their Conv/Gemm outputs (folded back afterwards)",
     )
 
 
@@ -279,10 +290,11 @@ def _run_finetune(argv: Sequence[str]) -> int:
     p.add_argument("--labels", metavar="KEY", help="the labels array in --data (task loss)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, help="default: 1e-3 (adam), 1e-2 (sgd)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    p.add_argument("--lr", type=float, help="default: 0.05 (sgd), 1e-3 (adam)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
     p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
     p.add_argument("--freeze-bn", action="store_true", help="keep BN running statistics")
+    _temporary_bn(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", type=Path, help="default: MODEL.finetuned.onnx")
     _verbosity(p)
@@ -302,6 +314,11 @@ def _run_finetune(argv: Sequence[str]) -> int:
     if not args.quiet:
         for epoch, loss in enumerate(result.losses, 1):
             print(f"epoch {epoch}: mean loss {loss:.4f}")
+        if result.temporary_norms:
+            print(
+                f"trained with {result.temporary_norms} temporary BatchNormalization nodes "
+                "(no normalisation after those Conv/Gemm outputs), folded back into the weights"
+            )
         print(f"fine-tuned in {result.seconds:.1f} s; wrote {output}")
     return 0
 
@@ -320,6 +337,7 @@ def _finetune(args: argparse.Namespace) -> Any:
         optimizer=args.optimizer,
         temperature=args.temperature,
         freeze_bn=args.freeze_bn,
+        temporary_bn=not args.no_temporary_bn,
         seed=args.seed,
     )
 

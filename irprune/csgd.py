@@ -19,6 +19,13 @@ batch statistics (updating the running ones): members whose filters have become 
 identical statistics, and the differences left in the running ones decay by the BN momentum
 every step. After training the merge rewrite (same clusters) keeps one channel per cluster; the
 closer the members, the closer the merge is to lossless.
+
+A graph whose Conv/Gemm outputs are not normalised (a BN-folded export) trains with temporary
+BatchNormalization nodes after them (``backends.tempnorm``, on by default: ``normalise``),
+folded back into the producers afterwards (producers with a bias only: the merge works from
+the analysis of the untrained graph, so no value may be added). Their scale and shift follow the
+producer's output channels, so they are tied to its clusters like the producer's bias: members
+stay identical through the fold and the merge stays exact.
 """
 
 from __future__ import annotations
@@ -32,8 +39,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from irprune.backends.torch import GraphModule, from_graph, update_graph
+from irprune.backends import torch_norm
+from irprune.backends.tempnorm import Normalised
+from irprune.backends.torch import GraphModule
 from irprune.errors import TrainingError
+from irprune.finetune import batch_bounds
 from irprune.ir import Graph
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.rewrite.merge import consumer_spaces, group_members
@@ -50,6 +60,7 @@ class CsgdReport:
     steps: int
     final_loss: float
     spread: float  # largest member-to-centre distance / centre norm over all clusters, at the end
+    temporary_norms: int = 0  # BatchNormalization nodes added for training and folded back
 
 
 @dataclass(frozen=True)
@@ -122,27 +133,32 @@ def train(
     epsilon: float = 0.05,
     batch: int = 64,
     seed: int = 0,
+    normalise: bool = True,
     progress: Progress | None = None,
 ) -> CsgdReport:
-    """Centripetal training of ``graph`` in place (its constants are updated), see the module
-    doc. ``data``: arrays keyed by graph input name, batch on axis 0."""
+    """Centripetal training of ``graph`` in place (its constants are updated, no value is
+    added), see the module doc. ``data``: arrays keyed by graph input name, batch on axis 0."""
     torch.manual_seed(seed)
-    module = from_graph(graph).eval()
+    # No new biases: the merge that follows works from the analysis of the untrained graph.
+    module, normalised = torch_norm.prepare(graph, data, enabled=normalise, new_params=False)
+    module.eval()
     targets = torch.from_numpy(labels) if labels is not None else _teacher(module, data, batch)
     module.train()
     module.train_batch_norm(True)
     params = dict(module.named_weights())
     tied = ties(graph, analysis, clusters, set(params))
+    tied += _norm_ties(tied, normalised)
     n = len(next(iter(data.values())))
     opt = torch.optim.SGD(list(params.values()), lr=lr, momentum=0.9)
-    steps_per_epoch = -(-n // batch)
+    bounds = batch_bounds(n, batch)
+    steps_per_epoch = len(bounds)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
     rng = np.random.default_rng(seed)
     loss_value = float("nan")
     for epoch in range(epochs):
         order = rng.permutation(n)
-        for start in track(range(0, n, batch), f"C-SGD epoch {epoch + 1}/{epochs}"):
-            idx = order[start : start + batch]
+        for a, b in track(bounds, f"C-SGD epoch {epoch + 1}/{epochs}"):
+            idx = order[a:b]
             feeds = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in data.items()}
             loss = _loss(module.run(feeds)[0], targets[idx], labels is not None)
             if not torch.isfinite(loss):
@@ -158,8 +174,25 @@ def train(
         if progress is not None:
             progress(epoch + 1, epochs, loss_value)
         log.info("C-SGD epoch %d/%d: loss %.4f", epoch + 1, epochs, loss_value)
-    update_graph(graph, module)
-    return CsgdReport(epochs, epochs * steps_per_epoch, loss_value, _spread(params, tied))
+    spread = _spread(params, tied)
+    torch_norm.finish(graph, module, normalised, data)
+    return CsgdReport(
+        epochs, epochs * steps_per_epoch, loss_value, spread,
+        0 if normalised is None else len(normalised.norms),
+    )  # fmt: skip
+
+
+def _norm_ties(tied: list[_Tie], normalised: Normalised | None) -> list[_Tie]:
+    """The temporary BNs' scale and shift take the labels of their producer's output rows."""
+    if normalised is None:
+        return []
+    by_row = {(t.name, t.axis): t for t in tied}
+    out = []
+    for norm in normalised.norms:
+        tie = by_row.get((norm.weight, norm.axis))
+        if tie is not None:
+            out += [_Tie(name, 0, tie.labels, tie.count) for name in (norm.scale, norm.shift)]
+    return out
 
 
 def _teacher(module: GraphModule, data: Mapping[str, np.ndarray], batch: int) -> Tensor:

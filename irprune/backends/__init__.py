@@ -1,6 +1,8 @@
 """Backends: run the IR somewhere other than onnxruntime.
 
 ``irprune.backends.torch`` turns an IR graph into a trainable ``torch.nn.Module`` (torch extra).
+``tempnorm`` (IR only) and ``torch_norm`` (torch side) train BN-free graphs with temporary
+BatchNormalization nodes, folded back into the weights afterwards.
 Nothing here is imported by ``import irprune``: import the backend module explicitly.
 """
 

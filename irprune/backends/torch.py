@@ -43,6 +43,7 @@ from irprune.emit import atomic_write, to_model, verify
 from irprune.errors import UnsupportedOpError, UsageError
 from irprune.frontends.onnx import import_model, load_model
 from irprune.ir import Graph, Node, Value
+from irprune.ir.copy import copy_structure
 from irprune.passes.fold import fold_constants
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class GraphModule(nn.Module):
             raise UnsupportedOpError(
                 f"the torch backend has no implementation of {', '.join(missing)}"
             )
-        self._graph = _copy_structure(graph)
+        self._graph = copy_structure(graph)
         self.input_names = [v.name for v in graph.inputs if not v.is_const]
         self.output_names = [v.name for v in graph.outputs]
         self.weights = nn.ParameterDict()
@@ -110,6 +111,8 @@ class GraphModule(nn.Module):
             self._add_constant(value, rule(graph, value))
         self._steps = _plan(graph)
         self.batch_norm_statistics = False
+        # replaces every BatchNormalization's function, in any mode (statistics passes)
+        self.batch_norm_override: OpFn | None = None
 
     def train_batch_norm(self, enabled: bool = True) -> GraphModule:
         """In ``train()`` mode, run BatchNormalization on batch statistics and update its running
@@ -172,7 +175,9 @@ class GraphModule(nn.Module):
         }
         bn_batch = self.training and self.batch_norm_statistics
         for step in self._steps:
-            fn = batch_norm_training if bn_batch and step.fn is OPS[_BN] else step.fn
+            fn = step.fn
+            if fn is OPS[_BN]:
+                fn = self.batch_norm_override or (batch_norm_training if bn_batch else fn)
             args = [None if name is None else self._read(env, name) for name in step.inputs]
             result = fn(step.call, args)
             outs = result if isinstance(result, tuple) else (result,)
@@ -194,7 +199,7 @@ class GraphModule(nn.Module):
     # --- back to the IR ---------------------------------------------------------------------------
     def to_graph(self) -> Graph:
         """A copy of the graph whose constants hold the module's current values."""
-        graph = _copy_structure(self._graph)
+        graph = copy_structure(self._graph)
         update_graph(graph, self)
         return graph
 
@@ -210,30 +215,6 @@ def _unique_key(name: str, taken: set[str]) -> str:
         k += 1
         key = f"{base}_{k}"
     return key
-
-
-def _copy_structure(graph: Graph) -> Graph:
-    """A copy of the graph's structure (values, nodes, links) that shares the constant arrays
-    (never mutated in place: ``update_graph`` assigns new ones) and the emitter's metadata."""
-    new = Graph(name=graph.name, opset_imports=dict(graph.opset_imports), meta=dict(graph.meta))
-    twin: dict[int, Value] = {}
-    for v in graph.values.values():
-        twin[id(v)] = new.add_value(Value(v.name, v.dtype, v.shape, const=v.const, sample=v.sample))
-    new.inputs = [twin[id(v)] for v in graph.inputs]
-    for n in graph.nodes:
-        node = Node(
-            op_type=n.op_type,
-            domain=n.domain,
-            name=n.name,
-            attrs=dict(n.attrs),
-            inputs=tuple(twin[id(v)] if v is not None else None for v in n.inputs),
-            outputs=tuple(twin[id(v)] for v in n.outputs),
-            implicit_inputs=tuple(twin[id(v)] for v in n.implicit_inputs),
-            doc_string=n.doc_string,
-        )
-        new.add_node(node)
-    new.outputs = [twin[id(v)] for v in graph.outputs]
-    return new
 
 
 def _plan(graph: Graph) -> list[_Step]:
