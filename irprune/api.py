@@ -47,6 +47,7 @@ from irprune.passes.rewrite.recalibrate import (
 )
 from irprune.passes.rewrite.refit import refit
 from irprune.passes.sensitivity import measure
+from irprune.passes.synthesize import Synthesis, data_free_calibration, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,8 @@ def prune(
     the README): ``reconstruct`` with calibration data, ``compensate`` (from BN statistics)
     without. ``labels`` (rows aligned with ``calib``) give the gradient criteria (``taylor``,
     ``hessian``) a task loss; without them they use distillation against the original outputs.
+    ``calib="synthetic"`` (or ``"synthetic:N"``, N inputs, default 256) makes calibration data
+    from the model itself (BN-statistics inversion, torch extra; see :mod:`passes.synthesize`).
     ``csgd_epochs`` > 0 with ``rewrite="merge"`` trains the clusters together first (C-SGD,
     needs torch) on ``data``: an .npz path or arrays keyed by input name, plus optional integer
     ``labels`` (without them the loss is distillation from the original outputs).
@@ -222,11 +225,12 @@ def prune(
     1 with ``latency_threads`` threads, measured on this machine (see :mod:`passes.latency`).
     """
     target = _target(target_flops, target_params, target_latency)
-    if rewrite is None:
-        rewrite = "reconstruct" if calib is not None else "compensate"
+    if rewrite is None and calib is not None:
+        rewrite = "reconstruct"
     _check_choice("criterion", criterion, CRITERIA)
     _check_choice("strategy", strategy, STRATEGIES)
-    _check_choice("rewrite", rewrite, REWRITES)
+    if rewrite is not None:
+        _check_choice("rewrite", rewrite, REWRITES)
     if rewrite in CALIBRATED_REWRITES and calib is None:
         raise UsageError(f"--rewrite {rewrite} needs calibration data (--calib)")
     if strategy == "sensitivity" and calib is None:
@@ -251,6 +255,11 @@ def prune(
             ", ".join(cost.unknown[:5]),
         )
     t = timer.lap("analysis", t)
+    synthesis = _synthesis(original, calib, rewrite, cost.evaluate().macs, seed)
+    if synthesis is not None:
+        calib, rewrite = synthesis.feeds, rewrite or "reconstruct"
+        t = timer.lap("synthesize", t)
+    rewrite = rewrite or "compensate"
     calib_feeds = _calib_feeds(graph, calib)
     scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds, labels=labels)
     t = timer.lap("importance", t)
@@ -318,7 +327,15 @@ def prune(
         timer.lap("latency", t)
     report = _report(analysis, cost, plan, target, settings, timer)
     report["fidelity"] = rep.fidelity(reference, outputs)
-    report["fidelity_inputs"] = "calibration data" if calib is not None else "random inputs"
+    report["fidelity_inputs"] = (
+        "synthetic data"
+        if synthesis is not None
+        else "calibration data"
+        if calib is not None
+        else "random inputs"
+    )
+    if synthesis is not None:
+        report["synthetic"] = synthesis.report
     if latency is not None:
         report["latency"] = latency
     report.update(build.extra)
@@ -528,6 +545,19 @@ def _rewrite(
         # statistics stay right; re-estimating them would move the model away from the original.
         refit(graph, reference, calib, analysis, plan, new_params=new_params)
     return {}
+
+
+def _synthesis(
+    original: onnx.ModelProto, calib: Any, rewrite: str | None, macs: float, seed: int
+) -> Synthesis | None:
+    """Synthetic calibration data: asked for with ``calib="synthetic[:N]"``, or chosen by
+    ``data_free_calibration`` when the user gave neither data nor a rewrite."""
+    options = parse_spec(calib)
+    if options is not None:
+        return options.run(original, seed)
+    if calib is None and rewrite is None:
+        return data_free_calibration(original, macs, seed)
+    return None
 
 
 def _original_session(original: bytes) -> Any:
