@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
 DEFAULT_SAMPLES = 256
-METHODS = ("bn", "prior", "class", "noise")
+# auto: bn if the model has explicit BN, else prior; bn: BN-statistics inversion; prior: Conv
+# outputs to mean 0 / std 1 (folded BN); class: only the class loss; noise: Gaussian inputs
+METHODS = ("auto", "bn", "prior", "class", "noise")
 _FLOAT_INPUTS = frozenset({1})  # synthetic inputs are float32 tensors
 
 
@@ -56,7 +58,7 @@ class SyntheticOptions:
     batch: int = 64
     lr: float = 0.1
     tv: float = 0.0
-    method: str = "bn"  # bn | prior | class | noise (see METHODS)
+    method: str = "auto"  # see METHODS
     input_prior: float = 0.0  # weight of "each input channel has mean 0, std 1" (ZeroQ)
     class_loss: float = 0.0  # weight of cross-entropy to evenly assigned classes (DeepInversion)
 
@@ -154,23 +156,47 @@ def input_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
 def synthesize(
     graph: Graph, options: SyntheticOptions = SyntheticOptions(), *, seed: int = 0
 ) -> Synthesis:
-    """Inputs for ``graph`` by BN-statistics inversion. ``graph`` must be a copy the caller no
-    longer needs as is: its BN inputs are added to its outputs. Raises ``UsageError`` when the
-    graph has no explicit BatchNormalization, ``MissingDependencyError`` without torch."""
+    """Inputs for ``graph`` (see the module docstring). ``graph`` must be a copy the caller no
+    longer needs as is: the values whose statistics are matched are added to its outputs.
+    Raises ``UsageError`` when there is nothing to match, ``MissingDependencyError`` without
+    torch."""
     shapes = input_shapes(graph)
-    if options.method not in METHODS:
-        raise UsageError(f"unknown synthesis method {options.method!r}; choose from {METHODS}")
-    targets = {"bn": bn_targets, "prior": prior_targets}.get(options.method, lambda g: [])(graph)
-    if options.method == "bn" and not targets:
-        raise UsageError(
-            "--calib synthetic needs explicit BatchNormalization statistics (this model has "
-            "none, e.g. BN folded into the convs); give real data with --calib FILE.npz"
-        )
+    method, targets = choose_targets(graph, options.method)
     try:
         import torch  # noqa: F401 - only to fail early with the one-line message
     except ImportError as exc:
         raise missing_torch("--calib synthetic", exc) from exc
-    return _invert(graph, shapes, targets, options, seed)
+    return _invert(graph, shapes, targets, replace(options, method=method), seed)
+
+
+def choose_targets(graph: Graph, method: str) -> tuple[str, list[StatTarget]]:
+    """The method actually used and its statistics targets. ``auto``: the BN statistics when
+    the model has explicit BN, else the folded-BN prior on the Conv outputs (with a warning)."""
+    if method not in METHODS:
+        raise UsageError(f"unknown synthesis method {method!r}; choose from {', '.join(METHODS)}")
+    if method in ("auto", "bn"):
+        targets = bn_targets(graph)
+        if targets:
+            return "bn", targets
+        if method == "bn":
+            raise UsageError(
+                "--calib synthetic needs explicit BatchNormalization statistics (this model has "
+                "none, e.g. BN folded into the convs); give real data with --calib FILE.npz"
+            )
+        method = "prior"
+        log.warning(
+            "no BatchNormalization statistics (folded?): synthetic inputs follow a prior "
+            "(every Conv output mean 0, std 1 per channel), not measured statistics"
+        )
+    if method == "prior":
+        targets = prior_targets(graph)
+        if not targets:
+            raise UsageError(
+                "--calib synthetic needs explicit BatchNormalization or Conv layers; "
+                "give real data with --calib FILE.npz"
+            )
+        return method, targets
+    return method, []
 
 
 def _invert(
@@ -184,7 +210,7 @@ def _invert(
 
     from irprune.backends.torch import GraphModule
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     present = {v.name for v in graph.outputs}
     graph.outputs = list(graph.outputs) + [
         graph.values[t.value] for t in targets if t.value not in present
@@ -214,13 +240,14 @@ def _invert(
         "iterations": options.iterations,
         "lr": options.lr,
         "tv": options.tv,
-        "bn_layers": len(targets),
+        "matched_layers": len(targets),
         "stats_loss_initial": sum(first) / options.samples,
         "stats_loss_final": sum(last) / options.samples,
         "seconds": seconds,
+        "cpu_seconds": time.process_time() - cpu,
     }
     log.info(
-        "synthesised %d inputs (%d BN layers, %d iterations): statistics loss %.4g -> %.4g, %.1fs",
+        "synthesised %d inputs (%d matched layers, %d iterations): loss %.4g -> %.4g, %.1fs",
         options.samples, len(targets), options.iterations, report["stats_loss_initial"],
         report["stats_loss_final"], seconds,
     )  # fmt: skip

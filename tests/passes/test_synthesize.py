@@ -4,9 +4,11 @@ torch, and (slow) the accuracy reached on a digits-trained net."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,7 @@ def _data(n: int = 512) -> np.ndarray:
     ).reshape(1, 3, 1, 1)
 
 
-def _tiny(explicit_bn: bool = True) -> onnx.ModelProto:
+def _tiny(explicit_bn: bool = True, unit_bn: bool = False) -> onnx.ModelProto:
     """conv(3->8) [BN] relu conv(8->8) [BN] relu GAP flatten gemm(8->4), input [N, 3, 8, 8];
     the BN running statistics are measured on ``_data()`` layer by layer, so they are
     consistent (reachable by some input distribution)."""
@@ -58,6 +60,8 @@ def _tiny(explicit_bn: bool = True) -> onnx.ModelProto:
         for k in (1, 2):
             inits.update({f"g{k}": rng.uniform(0.5, 1.5, 8).astype(np.float32)})
             inits.update({f"b{k}": rng.normal(0, 0.2, 8).astype(np.float32)})
+            if unit_bn:
+                inits.update({f"g{k}": np.ones(8, np.float32), f"b{k}": np.zeros(8, np.float32)})
             inits.update({f"m{k}": np.zeros(8, np.float32), f"v{k}": np.ones(8, np.float32)})
         nodes.append(helper.make_node("BatchNormalization", ["c1", "g1", "b1", "m1", "v1"], ["n1"]))
         a1, a2 = "n1", "n2"
@@ -81,6 +85,24 @@ def _tiny(explicit_bn: bool = True) -> onnx.ModelProto:
     return make_model(nodes, [("x", ["N", 3, 8, 8])], [("logits", ["N", 4])], inits)
 
 
+def _folded() -> onnx.ModelProto:
+    """``_tiny`` with gamma 1 and beta 0 (where the folded-BN prior holds exactly), its BN
+    folded into the convs: conv(x, w * s, -mean * s) with s = 1 / sqrt(var)."""
+    init = {i.name: onnx.numpy_helper.to_array(i) for i in _tiny(unit_bn=True).graph.initializer}
+    model = _tiny(explicit_bn=False)
+    for k in (1, 2):
+        scale = 1 / np.sqrt(init[f"v{k}"] + 1e-5)
+        for i, t in enumerate(model.graph.initializer):
+            if t.name == f"w{k}":
+                w = init[f"w{k}"] * scale.reshape(-1, 1, 1, 1)
+                model.graph.initializer[i].CopyFrom(onnx.numpy_helper.from_array(w, t.name))
+        bias = (-init[f"m{k}"] * scale).astype(np.float32)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(bias, f"bias{k}"))
+        conv = next(n for n in model.graph.node if n.name == f"conv{k}")
+        conv.input.append(f"bias{k}")
+    return model
+
+
 def _running(model: onnx.ModelProto, k: int) -> tuple[np.ndarray, np.ndarray]:
     init = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     return init[f"m{k}"], init[f"v{k}"]
@@ -99,9 +121,14 @@ def _bn_input_stats(model: onnx.ModelProto, x: np.ndarray) -> dict[str, tuple[np
     return stats
 
 
-def test_bn_input_statistics_match_the_running_ones() -> None:
+@pytest.fixture(scope="module")
+def fast() -> syn.Synthesis:
+    return FAST.run(_tiny(), seed=0)
+
+
+def test_bn_input_statistics_match_the_running_ones(fast: syn.Synthesis) -> None:
     model = _tiny()
-    x = FAST.run(model, seed=0).feeds["x"]
+    x = fast.feeds["x"]
     stats = _bn_input_stats(model, x)
     for k in (1, 2):
         mean, var = _running(model, k)
@@ -116,10 +143,10 @@ def test_bn_input_statistics_match_the_running_ones() -> None:
     assert np.abs(mean0 - mean).max() > 0.1 or np.abs(std0 / np.sqrt(var) - 1).max() > 0.1
 
 
-def test_report_says_what_was_synthesised() -> None:
-    out = FAST.run(_tiny(), seed=0)
-    report = out.report
-    assert report["samples"] == 32 and report["iterations"] == 120 and report["bn_layers"] == 2
+def test_report_says_what_was_synthesised(fast: syn.Synthesis) -> None:
+    report = fast.report
+    assert report["samples"] == 32 and report["iterations"] == 120 and report["matched_layers"] == 2
+    assert report["method"] == "bn"
     assert report["stats_loss_final"] < 0.01 * report["stats_loss_initial"]
     assert report["seconds"] > 0
 
@@ -153,9 +180,27 @@ def test_spec_parsing() -> None:
             parse_spec(bad)
 
 
-def test_folded_model_without_bn_is_refused() -> None:
+def test_folded_model_gets_the_prior() -> None:
+    """Without BN statistics, ``auto`` pushes every Conv output to mean 0 / std 1 per channel
+    (``bn`` refuses); a model with neither BN nor Conv is refused."""
+    folded = _folded()
     with pytest.raises(UsageError, match="explicit BatchNormalization"):
-        FAST.run(_tiny(explicit_bn=False))
+        replace(FAST, method="bn").run(folded)
+    out = FAST.run(folded, seed=0)
+    assert out.report["method"] == "prior" and out.report["matched_layers"] == 2
+    graph = import_for_synthesis(folded)
+    outs = run(exposed(graph, ["c1", "c2"]), out.feeds)
+    for conv in outs[1:]:
+        assert np.abs(conv.mean(axis=(0, 2, 3))).max() < 0.05
+        assert np.abs(conv.std(axis=(0, 2, 3)) - 1).max() < 0.05
+    gemm = make_model(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)],
+        [("x", ["N", 4])],
+        [("y", ["N", 2])],
+        {"w": np.ones((2, 4), np.float32)},
+    )
+    with pytest.raises(UsageError, match="BatchNormalization or Conv"):
+        FAST.run(gemm)
 
 
 def test_missing_torch_is_a_one_line_error(
@@ -174,20 +219,27 @@ def test_missing_torch_is_a_one_line_error(
     assert err.startswith("irprune: error:") and "torch" in err and err.count("\n") == 1
 
 
-def test_prune_with_synthetic_calibration(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(syn, "DEFAULT_SAMPLES", 16)
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``synthetic[:N]`` with 20 iterations (the interface tests need no converged inputs)."""
+    monkeypatch.setattr(syn, "SyntheticOptions", functools.partial(SyntheticOptions, iterations=20))
+
+
+@pytest.mark.usefixtures("quick")
+def test_prune_with_synthetic_calibration() -> None:
     result = irprune.prune(
         _tiny(), target_flops=0.58, calib="synthetic:16", round_to=1, measure_latency=False
     )
     report = result.report
     assert report["settings"]["rewrite"] == "reconstruct"
     assert report["fidelity_inputs"] == "synthetic data"
-    assert report["synthetic"]["samples"] == 16 and report["synthetic"]["bn_layers"] == 2
+    assert report["synthetic"]["samples"] == 16 and report["synthetic"]["matched_layers"] == 2
     assert "synthesize" in report["timings_s"]
     assert report["cost"]["ratio"]["macs"] <= 0.58
 
 
-def test_cli_synthetic(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("quick")
+def test_cli_synthetic(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from irprune.cli import main
 
     path, out, rep = tmp_path / "m.onnx", tmp_path / "o.onnx", tmp_path / "r.json"
@@ -198,6 +250,12 @@ def test_cli_synthetic(tmp_path: Path) -> None:
     assert data["synthetic"]["samples"] == 8
     assert run(onnx.load(out), {"x": np.zeros((2, 3, 8, 8), np.float32)})[0].shape == (2, 4)
     assert main([*argv, "--calib", "synthetic:0", "-o", str(out)]) == 2
+    assert "synthetic:N" in capsys.readouterr().err
+    argv.remove("-q")
+    assert main([*argv, "--calib", "synthetic:8", "-o", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "synthetic calibration: 8 inputs (bn, 20 iterations)" in table
+    assert "(synthetic data)" in table
 
 
 def test_default_data_free_setting_is_behind_a_switch(monkeypatch: pytest.MonkeyPatch) -> None:
