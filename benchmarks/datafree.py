@@ -23,6 +23,7 @@ Writes benchmarks/results/datafree.json. Synthesis seconds are CPU seconds of th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -46,8 +47,7 @@ STYLES = ("folded", "explicit")
 
 def run_one(path: Path, options: SyntheticOptions, args: argparse.Namespace) -> dict[str, Any]:
     split = load_digits_split(0)
-    row: dict[str, Any] = {"options": vars(options).copy() if hasattr(options, "__dict__") else {}}
-    row["options"] = {k: getattr(options, k) for k in options.__dataclass_fields__}
+    row: dict[str, Any] = {"options": dataclasses.asdict(options)}
     cpu, wall = time.process_time(), time.perf_counter()
     try:
         synthesis = options.run(onnx.load(path), seed=args.seed)
@@ -71,7 +71,7 @@ def digits(args: argparse.Namespace) -> list[dict[str, Any]]:
         path = cached_digits_onnx(net, style, args.cache_dir)
         options = SyntheticOptions(
             samples=args.samples, iterations=args.iterations, batch=args.batch, lr=args.lr,
-            tv=args.tv if method == "class" else 0.0, method=method,
+            tv=args.tv, method=method,
             class_loss=1.0 if method == "class" else 0.0,
         )  # fmt: skip
         row = {"net": net, "style": style, "method": method, "target": args.target}
@@ -127,13 +127,20 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--nets", nargs="+", default=list(NETS))
     p.add_argument("--styles", nargs="+", default=list(STYLES))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument(
+        "--methods", nargs="+", default=[m for m in METHODS if m != "auto"], choices=METHODS
+    )
     p.add_argument("--target", type=float, default=0.5)
     p.add_argument("--samples", type=int, default=default.samples)
     p.add_argument("--iterations", type=int, default=default.iterations)
     p.add_argument("--batch", type=int, default=default.batch)
     p.add_argument("--lr", type=float, default=default.lr)
-    p.add_argument("--tv", type=float, default=0.05, help="TV weight of the class method")
+    p.add_argument(
+        "--tv",
+        type=float,
+        default=default.tv,
+        help="total-variation weight (default: the method's DEFAULT_TV)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resnet50", action="store_true", help="time the synthesis on ResNet-50")
     p.add_argument("--r50-batch", type=int, default=8)

@@ -12,7 +12,7 @@ rewrites) is a seeded subset of the TRAINING split only.
 
 With --synthetic (on by default) each net, style and target also gets one data-free row that
 makes its calibration data from the model (``--calib synthetic``: BN-statistics inversion, torch
-extra; l1/global/reconstruct); folded exports have no BN statistics and record the error.
+extra; l1/global/reconstruct); folded exports have no BN statistics and get the BN-output prior.
 
 Writes benchmarks/results/quality.json (every row) and prints the best data-free and calibrated
 setting per net, style and target, plus the rows of the defaults.
