@@ -96,9 +96,9 @@ def parse_spec(calib: object) -> SyntheticOptions | None:
     rest = calib[len(SYNTHETIC) :]
     if rest == "":
         return SyntheticOptions()
-    if not rest.startswith(":") or not rest[1:].isdigit() or int(rest[1:]) < 1:
-        if not rest.startswith(":"):
-            return None  # a file named like "synthetic_data.npz"
+    if not rest.startswith(":"):
+        return None  # a file named like "synthetic_data.npz"
+    if not rest[1:].isdigit() or int(rest[1:]) < 1:
         raise UsageError(f"--calib {calib!r}: expected synthetic or synthetic:N with N >= 1")
     return SyntheticOptions(samples=int(rest[1:]))
 
