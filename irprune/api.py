@@ -216,8 +216,9 @@ def prune(
     the README): ``reconstruct`` with calibration data, ``compensate`` (from BN statistics)
     without. ``labels`` (rows aligned with ``calib``) give the gradient criteria (``taylor``,
     ``hessian``) a task loss; without them they use distillation against the original outputs.
-    ``calib="synthetic"`` (or ``"synthetic:N"``, N inputs, default 256) makes calibration data
-    from the model itself (BN-statistics inversion, torch extra; see :mod:`passes.synthesize`).
+    ``calib="synthetic"`` (or ``"synthetic:N"``, N inputs, default 128) makes calibration data
+    from the model itself (BN-statistics inversion, or a BN-output prior on folded exports;
+    torch extra; see :mod:`passes.synthesize`).
     ``csgd_epochs`` > 0 with ``rewrite="merge"`` trains the clusters together first (C-SGD,
     needs torch) on ``data``: an .npz path or arrays keyed by input name, plus optional integer
     ``labels`` (without them the loss is distillation from the original outputs).

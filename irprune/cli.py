@@ -93,8 +93,8 @@ def _prune_parser() -> _Parser:
         "--calib",
         type=_calib,
         metavar="FILE.npz|synthetic[:N]",
-        help=".npz of arrays keyed by input name, or synthetic[:N]: N inputs (default 256) made "
-        "from the model's BN statistics (torch extra)",
+        help=".npz of arrays keyed by input name, or synthetic[:N]: N inputs (default 128) made "
+        "from the model's BN statistics (torch extra; see README Data-free)",
     )
     p.add_argument(
         "--csgd-epochs",
