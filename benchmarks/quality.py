@@ -9,6 +9,11 @@ rewrites) is a seeded subset of the TRAINING split only.
     python benchmarks/quality.py                      # the full grid (long: run in background)
     python benchmarks/quality.py --quick              # target 0.5 and a reduced grid
     python benchmarks/quality.py --training           # the training rows (see below)
+    python benchmarks/quality.py --only-synthetic     # just the synthetic-data rows
+
+With --synthetic (on by default) each net, style and target also gets one data-free row that
+makes its calibration data from the model (``--calib synthetic``: BN-statistics inversion, torch
+extra; l1/global/reconstruct); folded exports have no BN statistics and get the BN-output prior.
 
 Writes benchmarks/results/quality.json (every row) and prints the best data-free and calibrated
 setting per net, style and target, plus the rows of the defaults.
@@ -61,14 +66,17 @@ def data_free(criterion: str, strategy: str, rewrite: str) -> bool:
 
 def run_one(path: Path, setting: dict[str, Any], calib: dict, test: tuple) -> dict[str, Any]:
     start = time.perf_counter()
+    options = {k: v for k, v in setting.items() if k != "calib"}
     try:
-        result = prune(path, calib=calib, measure_latency=False, **setting)
+        result = prune(path, calib=setting.get("calib", calib), measure_latency=False, **options)
     except IrpruneError as exc:
         return {**setting, "error": str(exc), "seconds": time.perf_counter() - start}
     seconds = time.perf_counter() - start
     acc = accuracy(result.model, *test)
+    synthetic = result.report.get("synthetic")
     return {
         **setting,
+        **({"synthetic": synthetic} if synthetic else {}),
         "accuracy": acc,
         "mac_ratio": result.report["cost"]["ratio"]["macs"],
         "seconds": seconds,
@@ -77,9 +85,19 @@ def run_one(path: Path, setting: dict[str, Any], calib: dict, test: tuple) -> di
 
 def grid(args: argparse.Namespace) -> list[dict[str, Any]]:
     combos = itertools.product(args.targets, args.criteria, args.strategies, args.rewrites)
-    return [
-        {"target_flops": t, "criterion": c, "strategy": s, "rewrite": r} for t, c, s, r in combos
-    ]
+    rows: list[dict[str, Any]] = []
+    if not args.only_synthetic:
+        rows += [
+            {"target_flops": t, "criterion": c, "strategy": s, "rewrite": r}
+            for t, c, s, r in combos
+        ]
+    if args.synthetic or args.only_synthetic:
+        rows += [
+            {"target_flops": t, "criterion": "l1", "strategy": "global", "rewrite": "reconstruct",
+             "calib": "synthetic"}
+            for t in args.targets
+        ]  # fmt: skip
+    return rows
 
 
 def bench_net(name: str, style: str, args: argparse.Namespace, out: list[dict]) -> None:
@@ -95,7 +113,8 @@ def bench_net(name: str, style: str, args: argparse.Namespace, out: list[dict]) 
             net=name,
             style=style,
             original=base,
-            data_free=data_free(setting["criterion"], setting["strategy"], setting["rewrite"]),
+            data_free=setting.get("calib") == "synthetic"
+            or data_free(setting["criterion"], setting["strategy"], setting["rewrite"]),
         )
         if "accuracy" in row:
             row["drop_points"] = 100 * (base - row["accuracy"])
@@ -103,7 +122,7 @@ def bench_net(name: str, style: str, args: argparse.Namespace, out: list[dict]) 
         acc = f"{row['accuracy']:.4f}" if "accuracy" in row else "ERR " + row["error"][:60]
         print(
             f"  {setting['target_flops']:.1f} {setting['criterion']:10} {setting['strategy']:11}"
-            f" {setting['rewrite']:11} {acc}  ({row['seconds']:.1f}s)",
+            f" {setting['rewrite']:11} {setting.get('calib', ''):9} {acc}  ({row['seconds']:.1f}s)",
             flush=True,
         )
         save(out, args.out)
@@ -129,7 +148,7 @@ def summary(rows: list[dict]) -> None:
             print(
                 f"  {net:18} {style:8} {target:.1f} {label:10} {best['accuracy']:.4f}"
                 f" (-{best['drop_points']:.1f} pts)  {best['criterion']}/{best['strategy']}/"
-                f"{best['rewrite']}"
+                f"{best['rewrite']}" + (" (synthetic calib)" if best.get("calib") else "")
             )
 
 
@@ -186,6 +205,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--rewrites", nargs="+", default=list(REWRITES))
     p.add_argument("--calib", type=int, default=256, help="calibration images (training split)")
     p.add_argument("--quick", action="store_true", help="target 0.5, l1/fpgm/apoz, global")
+    p.add_argument(
+        "--synthetic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add the --calib synthetic rows (data-free, torch extra)",
+    )
+    p.add_argument("--only-synthetic", action="store_true", help="only the synthetic rows")
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "irprune-digits")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.json"))
     p.add_argument("--training", action="store_true", help="table of the training results")

@@ -31,9 +31,16 @@ from irprune.errors import (
     UsageError,
 )
 from irprune.frontends import fx
-from irprune.frontends.onnx import ModelSource, external_files, import_model, read_source
+from irprune.frontends.onnx import (
+    ModelSource,
+    external_files,
+    import_model,
+    load_model,
+    read_source,
+)
 from irprune.ir import Graph
 from irprune.ir.mapped import release_constants
+from irprune.passes import synthesize
 from irprune.passes.allocation import STRATEGIES, Plan, Target, allocate
 from irprune.passes.analysis.channels import ChannelAnalysis, analyze
 from irprune.passes.analysis.cost import CostModel, build_cost_model
@@ -50,6 +57,7 @@ from irprune.passes.rewrite.recalibrate import (
 )
 from irprune.passes.rewrite.refit import refit
 from irprune.passes.sensitivity import measure
+from irprune.passes.synthesize import Synthesis, data_free_calibration, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +238,9 @@ def prune(
     the README): ``reconstruct`` with calibration data, ``compensate`` (from BN statistics)
     without. ``labels`` (rows aligned with ``calib``) give the gradient criteria (``taylor``,
     ``hessian``) a task loss; without them they use distillation against the original outputs.
+    ``calib="synthetic"`` (or ``"synthetic:N"``, N inputs, default 128) makes calibration data
+    from the model itself (BN-statistics inversion, or a BN-output prior on folded exports;
+    torch extra; see :mod:`passes.synthesize`).
     ``csgd_epochs`` > 0 with ``rewrite="merge"`` trains the clusters together first (C-SGD,
     needs torch) on ``data``: an .npz path or arrays keyed by input name, plus optional integer
     ``labels`` (without them the loss is distillation from the original outputs). A graph
@@ -247,11 +258,12 @@ def prune(
     are never in memory together.
     """
     target = _target(target_flops, target_params, target_latency)
-    if rewrite is None:
-        rewrite = "reconstruct" if calib is not None else "compensate"
+    if rewrite is None and calib is not None:
+        rewrite = "reconstruct"
     _check_choice("criterion", criterion, CRITERIA)
     _check_choice("strategy", strategy, STRATEGIES)
-    _check_choice("rewrite", rewrite, REWRITES)
+    if rewrite is not None:
+        _check_choice("rewrite", rewrite, REWRITES)
     if rewrite in CALIBRATED_REWRITES and calib is None:
         raise UsageError(f"--rewrite {rewrite} needs calibration data (--calib)")
     if strategy == "sensitivity" and calib is None:
@@ -270,6 +282,11 @@ def prune(
     )
     reference_session = _original_session(original_bytes)  # a model ORT cannot load fails here
     t = timer.lap("load", t)
+    synthesis = _synthesis(original, graph, calib, rewrite, seed)
+    if synthesis is not None:
+        calib, rewrite = synthesis.feeds, rewrite or "reconstruct"
+        t = timer.lap("synthesize", t)
+    rewrite = rewrite or "compensate"
     calib_feeds = _calib_feeds(graph, calib)
     feeds = _feeds(reference_session, calib_feeds, seed)
     # The reference run comes first and its session goes before any pass reads the weights:
@@ -358,7 +375,15 @@ def prune(
         timer.lap("latency", t)
     report = _report(analysis, cost, plan, target, settings, timer)
     report["fidelity"] = rep.fidelity(reference, outputs)
-    report["fidelity_inputs"] = "calibration data" if calib is not None else "random inputs"
+    report["fidelity_inputs"] = (
+        "synthetic data"
+        if synthesis is not None
+        else "calibration data"
+        if calib is not None
+        else "random inputs"
+    )
+    if synthesis is not None:
+        report["synthetic"] = synthesis.report
     if latency is not None:
         report["latency"] = latency
     report.update(build.extra)
@@ -611,6 +636,23 @@ def _rewrite(
         # statistics stay right; re-estimating them would move the model away from the original.
         refit(graph, reference, calib, analysis, plan, new_params=new_params)
     return {}
+
+
+def _synthesis(
+    original: ModelSource, graph: Graph, calib: Any, rewrite: str | None, seed: int
+) -> Synthesis | None:
+    """Synthetic calibration data: asked for with ``calib="synthetic[:N]"``, or chosen by
+    ``data_free_calibration`` when the user gave neither data nor a rewrite."""
+    options = parse_spec(calib)
+    auto = calib is None and rewrite is None and synthesize.AUTO_SYNTHESIS
+    if options is None and not auto:
+        return None
+    # the synthesis imports its own copy; a lazily read file is read whole for it
+    model = load_model(original.path) if original.lazy and original.path else original.model
+    if options is not None:
+        return options.run(model, seed)
+    macs = build_cost_model(graph, analyze(graph)).evaluate().macs
+    return data_free_calibration(model, macs, seed)
 
 
 def _original_session(original: bytes | Path) -> Any:

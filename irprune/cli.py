@@ -54,6 +54,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _calib(text: str) -> str | Path:
+    """``synthetic[:N]`` stays a string (parsed by the API), anything else is a path."""
+    from irprune.passes.synthesize import parse_spec
+
+    return text if parse_spec(text) is not None else Path(text)
+
+
 def _prune_parser() -> _Parser:
     from irprune.api import DEFAULT_MAX_PRUNE, DEFAULT_ROUND_TO, REWRITES
     from irprune.passes.allocation import STRATEGIES
@@ -82,7 +89,13 @@ def _prune_parser() -> _Parser:
         default=None,
         help="default: reconstruct with --calib, compensate without",
     )
-    p.add_argument("--calib", type=Path, help=".npz of arrays keyed by input name")
+    p.add_argument(
+        "--calib",
+        type=_calib,
+        metavar="FILE.npz|synthetic[:N]",
+        help=".npz of arrays keyed by input name, or synthetic[:N]: N inputs (default 128) made "
+        "from the model's BN statistics (torch extra; see README Data-free)",
+    )
     p.add_argument(
         "--csgd-epochs",
         type=int,

@@ -162,6 +162,13 @@ def format_table(report: Mapping[str, Any]) -> str:
         lines.append(f"  frozen {g['id']:>3} ({g['size']} ch): {g['frozen'][0]}")
     if len(frozen) > 8:
         lines.append(f"  ... {len(frozen) - 8} more frozen groups (see --report)")
+    syn = report.get("synthetic")
+    if syn:
+        lines.append(
+            f"synthetic calibration: {syn['samples']} inputs ({syn['method']}, "
+            f"{syn['iterations']} iterations), statistics loss {syn['stats_loss_initial']:.3g}"
+            f" -> {syn['stats_loss_final']:.3g}, {syn['seconds']:.1f}s"
+        )
     fid = report.get("fidelity")
     if fid:
         top1 = fid["top1_agreement"]
