@@ -41,7 +41,8 @@ def levels(graph: Graph, targets: Iterable[Node]) -> list[list[Node]]:
     depth: dict[int, int] = {}  # value id -> number of target levels upstream of it
     by_level: dict[int, list[Node]] = {}
     for node in graph.nodes:
-        upstream = max((depth.get(id(v), 0) for v in node.inputs if v is not None), default=0)
+        reads = (*node.inputs, *node.implicit_inputs)  # a subgraph's outer reads count too
+        upstream = max((depth.get(id(v), 0) for v in reads if v is not None), default=0)
         if id(node) in wanted:
             by_level.setdefault(upstream, []).append(node)
             upstream += 1

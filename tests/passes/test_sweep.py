@@ -8,7 +8,7 @@ import pytest
 from onnx import helper
 
 from irprune.frontends.onnx import import_model
-from irprune.passes.calibration import iterate_exposed
+from irprune.passes.calibration import iterate_exposed, levels
 from irprune.passes.sweep import Sweep
 from tests.helpers import make_model
 
@@ -111,3 +111,36 @@ def test_frontier_is_released_once_every_reader_ran():
         assert set(sweep.store.arrays) == {"x", "a5"}
         list(sweep.run(["y"]))
         assert set(sweep.store.arrays) == set()
+
+
+def test_levels_follow_a_subgraph_s_outer_reads():
+    """An If branch that reads a value from the outer graph depends on it: the consumer after
+    the If is a level below the one that makes that value (else the sweep runs the first
+    consumer before it is refit, and the fuzzer found the crash)."""
+    w = RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["r"], ["b"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("b", 1, None)],
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"]),
+        helper.make_node("Relu", ["c1"], ["r"]),
+        helper.make_node("If", ["cond"], ["i"], then_branch=branch, else_branch=branch),
+        helper.make_node("Conv", ["i", "w2"], ["y"]),
+    ]
+    model = make_model(
+        nodes,
+        [("x", ["N", 4, 3, 3])],
+        [("y", ["N", 4, 3, 3])],
+        {"w1": w, "w2": w, "cond": np.array(True)},
+    )
+    graph = import_model(model)
+    first, second = (graph.values[n].producer for n in ("c1", "y"))
+    assert levels(graph, [first, second]) == [[first], [second]]
+    feeds = {"x": RNG.standard_normal((4, 4, 3, 3)).astype(np.float32)}
+    with Sweep(graph, feeds, batch=4) as sweep:
+        list(sweep.run(["x"]))
+        (got,) = list(sweep.run(["i"]))  # runs c1, r and the If
+    assert got["i"].shape == (4, 4, 3, 3)
