@@ -32,9 +32,8 @@ from irprune.emit.verify import random_inputs, session  # noqa: E402
 from irprune.errors import UnsupportedModelError, UsageError  # noqa: E402
 from irprune.frontends.fx import import_module, to_onnx  # noqa: E402
 from irprune.frontends.fx_opaque import DOMAIN  # noqa: E402
-from irprune.frontends.onnx import import_model  # noqa: E402
 from irprune.passes.analysis.channels import analyze  # noqa: E402
-from irprune.passes.fold import fold_constants  # noqa: E402
+from tests.frontends.compare import groups, rel, torch_outputs, widths  # noqa: E402
 
 TOLERANCE = 1e-4
 TARGET = 0.5
@@ -71,35 +70,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def _groups(model: onnx.ModelProto, prunable_only: bool = False) -> list[tuple[int, bool]]:
-    graph = import_model(model)
-    fold_constants(graph)
-    groups = sorted((g.size, not g.frozen) for g in analyze(graph).groups)
-    return [g for g in groups if g[1]] if prunable_only else groups
-
-
-def _widths(report: dict[str, Any], ignored: tuple[str, ...] = ()) -> list[tuple[int, int]]:
-    return sorted(
-        (g["size"], g["kept"])
-        for g in report["groups"]
-        if not g["frozen"] and not set(g["sources"]) & set(ignored)
-    )
-
-
-def _rel(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
-    worst = 0.0
-    for e, g in zip(expected, got, strict=True):
-        assert e.shape == g.shape
-        worst = max(worst, float(np.max(np.abs(e - g))) / max(float(np.max(np.abs(e))), 1e-12))
-    return worst
-
-
-def _torch_outputs(module: Any, feeds: dict[str, np.ndarray], names: list[str]) -> list[Any]:
-    with torch.no_grad():
-        out = module(*(torch.from_numpy(feeds[n]) for n in names))
-    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
-
-
 def _cases() -> Iterator[Any]:
     for name in HF_MODELS:
         yield pytest.param(name, marks=() if name in FAST else pytest.mark.slow, id=name)
@@ -117,10 +87,10 @@ def test_export_matches_onnx_export(name: str, zoo_onnx: Callable[[str, str], Pa
     onnx.checker.check_model(lowered, full_check=True)
     feeds = random_inputs(session(exported), batch=3, seed=1)
     before = session(lowered).run(None, feeds)
-    assert _rel(_torch_outputs(module, feeds, in_names), before) <= TOLERANCE
+    assert rel(torch_outputs(module, feeds, in_names), before) <= TOLERANCE
 
     extra = MORE_PRUNABLE.get(name, ())
-    ours, theirs = _groups(lowered, prunable_only=name in FROZEN_SPLIT), _groups(exported)
+    ours, theirs = groups(lowered, prunable_only=name in FROZEN_SPLIT), groups(exported)
     if name in FROZEN_SPLIT:
         assert ours == [g for g in theirs if g[1]]
     elif not extra:
@@ -136,11 +106,13 @@ def test_export_matches_onnx_export(name: str, zoo_onnx: Callable[[str, str], Pa
         tracer="export", ignore=extra,
     )  # fmt: skip
     reference = prune(exported, target_flops=target, measure_latency=False)
-    assert _widths(result.report, extra) == _widths(reference.report)
+    assert widths(result.report, extra, prunable_only=True) == widths(
+        reference.report, prunable_only=True
+    )
     assert result.report["cost"]["ratio"]["macs"] <= target
     ours_feeds = dict(zip([i.name for i in result.model.graph.input], feeds.values(), strict=True))
     pruned = session(result.model).run(None, ours_feeds)
-    assert _rel(session(reference.model).run(None, feeds), pruned) <= TOLERANCE
+    assert rel(session(reference.model).run(None, feeds), pruned) <= TOLERANCE
 
 
 # Only the export path prunes these: forced (the other groups ignored), the drop rewrite must
@@ -218,11 +190,11 @@ def test_export_path_on_plain_torch_models(
     assert not lowered.functions  # nothing kept opaque
     feeds = random_inputs(session(exported), batch=3, seed=1)
     got = session(lowered).run(None, feeds)
-    assert _rel(_torch_outputs(module, feeds, in_names), got) <= TOLERANCE
+    assert rel(torch_outputs(module, feeds, in_names), got) <= TOLERANCE
     if case not in SEES_MORE:
-        assert _groups(lowered) == _groups(exported)
+        assert groups(lowered) == groups(exported)
         return
-    assert len(_groups(lowered, True)) > len(_groups(exported, True))
+    assert len(groups(lowered, True)) > len(groups(exported, True))
     result = prune(lowered, target_flops=TARGET, rewrite="drop", measure_latency=False)
     assert result.analysis is not None and result.plan is not None
     small = feeds_for(lowered, batch=2, seed=1)
@@ -251,7 +223,7 @@ def _check(module: Any, example: tuple[Any, ...], batch: int = 3) -> onnx.ModelP
     with torch.no_grad():
         out = module(*(torch.from_numpy(v) for v in feeds.values()))
     expected = [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
-    assert _rel([e.astype(np.float64) for e in expected], [g.astype(np.float64) for g in got]) <= (
+    assert rel([e.astype(np.float64) for e in expected], [g.astype(np.float64) for g in got]) <= (
         TOLERANCE
     )
     return model

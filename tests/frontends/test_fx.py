@@ -33,10 +33,9 @@ from irprune.emit.verify import random_inputs, session  # noqa: E402
 from irprune.errors import UnsupportedModelError, UsageError  # noqa: E402
 from irprune.frontends.fx import import_module, to_onnx  # noqa: E402
 from irprune.frontends.fx_opaque import DOMAIN  # noqa: E402
-from irprune.frontends.onnx import import_model  # noqa: E402
 from irprune.passes.analysis.channels import analyze  # noqa: E402
-from irprune.passes.fold import fold_constants  # noqa: E402
 from tests.conftest import REFERENCE  # noqa: E402
+from tests.frontends.compare import groups, rel, torch_outputs, widths  # noqa: E402
 
 TOLERANCE = 1e-4
 TARGET = 0.5
@@ -99,30 +98,6 @@ def _subject(
     return build_zoo(name), sample_inputs(name, batch=1), onnx.load(zoo_onnx(name, style))
 
 
-def _groups(model: onnx.ModelProto) -> list[tuple[int, bool]]:
-    graph = import_model(model)
-    fold_constants(graph)
-    return sorted((g.size, not g.frozen) for g in analyze(graph).groups)
-
-
-def _widths(report: dict[str, Any]) -> list[tuple[int, int]]:
-    return sorted((g["size"], g["kept"]) for g in report["groups"])
-
-
-def _rel(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
-    worst = 0.0
-    for e, g in zip(expected, got, strict=True):
-        assert e.shape == g.shape
-        worst = max(worst, float(np.max(np.abs(e - g))) / max(float(np.max(np.abs(e))), 1e-12))
-    return worst
-
-
-def _torch_outputs(module: Any, feeds: dict[str, np.ndarray], names: list[str]) -> list[Any]:
-    with torch.no_grad():
-        out = module(*(torch.from_numpy(feeds[n]) for n in names))
-    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
-
-
 @pytest.mark.parametrize("case", _cases())
 def test_fx_matches_onnx_export(
     case: str,
@@ -138,18 +113,18 @@ def test_fx_matches_onnx_export(
 
     # before pruning: the lowered model is the torch module (at another batch than traced)
     before = session(lowered).run(None, feeds)
-    assert _rel(_torch_outputs(module, feeds, in_names), before) <= TOLERANCE
+    assert rel(torch_outputs(module, feeds, in_names), before) <= TOLERANCE
 
     # the same channel groups, the same widths at 0.5, the same pruned outputs
-    assert _groups(lowered) == _groups(exported)
+    assert groups(lowered) == groups(exported)
     fx_result = prune(module, example_inputs=example, target_flops=TARGET, measure_latency=False)
     onnx_result = prune(exported, target_flops=TARGET, measure_latency=False)
-    assert _widths(fx_result.report) == _widths(onnx_result.report)
+    assert widths(fx_result.report) == widths(onnx_result.report)
     assert fx_result.report["cost"]["ratio"]["macs"] <= TARGET
     fx_feeds = dict(zip([i.name for i in fx_result.model.graph.input], feeds.values(), strict=True))
     fx_pruned = session(fx_result.model).run(None, fx_feeds)
     onnx_pruned = session(onnx_result.model).run(None, feeds)
-    assert _rel(onnx_pruned, fx_pruned) <= TOLERANCE
+    assert rel(onnx_pruned, fx_pruned) <= TOLERANCE
 
 
 def test_interface_is_named_and_typed_from_the_example() -> None:
@@ -212,7 +187,7 @@ def test_unknown_leaf_module_is_opaque_frozen_and_runs() -> None:
     assert [f.name for f in model.functions] == ["PixelShuffle"]
     x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
     got = session(model).run(None, {"x": x})
-    assert _rel(_torch_outputs(module, {"x": x}, ["x"]), got) <= TOLERANCE
+    assert rel(torch_outputs(module, {"x": x}, ["x"]), got) <= TOLERANCE
     groups = {g.size: g for g in analyze(import_module(module, example)).groups}
     assert any("PixelShuffle" in reason for reason in groups[32].frozen)  # b feeds the shuffle
     assert groups[16].prunable  # a's and c's channels are untouched by it
@@ -240,7 +215,7 @@ def test_unknown_function_and_method_are_opaque_and_run() -> None:
     assert [n.op_type for n in model.graph.node if n.domain == DOMAIN] == ["cumsum", "roll"]
     x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
     got = session(model).run(None, {"x": x})
-    assert _rel(_torch_outputs(module, {"x": x}, ["x"]), got) <= TOLERANCE
+    assert rel(torch_outputs(module, {"x": x}, ["x"]), got) <= TOLERANCE
     (group,) = [g for g in analyze(import_module(module, example)).groups if g.size == 16]
     assert any("cumsum" in reason for reason in group.frozen)
 
@@ -304,7 +279,7 @@ def test_functions_and_methods_match_torch() -> None:
     }
     x = np.random.default_rng(1).standard_normal((4, 5, 6)).astype(np.float32)
     got = session(model).run(None, {"x": x})
-    assert _rel(_torch_outputs(module, {"x": x}, ["x"]), got) <= TOLERANCE
+    assert rel(torch_outputs(module, {"x": x}, ["x"]), got) <= TOLERANCE
 
 
 def test_integer_arithmetic_is_exact_or_refused() -> None:

@@ -1,0 +1,49 @@
+"""Shared by the fx and torch.export frontend tests: channel groups and kept widths of a model,
+the worst relative difference of two output lists, and a torch module's outputs on numpy feeds.
+Import only from tests that already skip without torch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from irprune.frontends.onnx import import_model
+from irprune.passes.analysis.channels import analyze
+from irprune.passes.fold import fold_constants
+
+
+def groups(model: onnx.ModelProto, prunable_only: bool = False) -> list[tuple[int, bool]]:
+    """(width, prunable) of every channel group, as prune analyses the model."""
+    graph = import_model(model)
+    fold_constants(graph)
+    found = sorted((g.size, not g.frozen) for g in analyze(graph).groups)
+    return [g for g in found if g[1]] if prunable_only else found
+
+
+def widths(
+    report: dict[str, Any], ignored: tuple[str, ...] = (), prunable_only: bool = False
+) -> list[tuple[int, int]]:
+    """(width, kept) of the report's groups; without the frozen ones if ``prunable_only``, and
+    without any whose sources include an ``ignored`` node (groups only one frontend sees)."""
+    return sorted(
+        (g["size"], g["kept"])
+        for g in report["groups"]
+        if not (prunable_only and g["frozen"]) and not set(g["sources"]) & set(ignored)
+    )
+
+
+def rel(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
+    worst = 0.0
+    for e, g in zip(expected, got, strict=True):
+        assert e.shape == g.shape
+        worst = max(worst, float(np.max(np.abs(e - g))) / max(float(np.max(np.abs(e))), 1e-12))
+    return worst
+
+
+def torch_outputs(module: Any, feeds: dict[str, np.ndarray], names: list[str]) -> list[Any]:
+    with torch.no_grad():
+        out = module(*(torch.from_numpy(feeds[n]) for n in names))
+    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
