@@ -140,9 +140,10 @@ def allocate(
     at coarse steps, it is redone with narrow groups rounded finer (``rounding``)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}")
-    args = (analysis, cost, scores, target, strategy, round_to, max_prune, set(ignore))
+    units = {g.id: unit_channels(analysis, g.id) for g in analysis.prunable}
+    args = (analysis, cost, scores, target, strategy, round_to, max_prune, set(ignore), units)
     plan = _allocate(*args, curves=curves, latency=latency)
-    channels = np.array([g.size * unit_channels(analysis, g.id) for g in analysis.prunable])
+    channels = np.array([g.size * units[g.id] for g in analysis.prunable])
     finer = bool((group_steps(channels, plan.round_to) < plan.round_to).any())
     if finer and _overcut(analysis, plan):
         log.info("round_to=%d cuts a group by more than half; narrow groups round finer", round_to)
@@ -169,6 +170,7 @@ def _allocate(
     round_to: int,
     max_prune: float,
     ignored: set[int],
+    units: Mapping[int, int],
     *,
     curves: Curves | None,
     latency: LatencyModel | None,
@@ -180,8 +182,8 @@ def _allocate(
     total = measure(base)
     budget = target.fraction * total
     sizes = base[ids]
-    units = np.asarray([unit_channels(analysis, i) for i in ids], dtype=np.int64)
-    allowed = _Widths(sizes, round_to, max_prune, units, narrow)
+    blocks = np.array([units[i] for i in ids], dtype=np.int64)
+    allowed = _Widths(sizes, round_to, max_prune, blocks, narrow)
 
     def at(sub: np.ndarray) -> float:
         w = base.copy()
