@@ -117,7 +117,7 @@ class Sweep:
             self.ran.add(id(node))
         keep = [o for n in todo for o in n.outputs if self._needed_later(o)]
         outputs += [v for v in keep if all(v is not o for o in outputs)]
-        sess = self._session(todo, outputs)
+        sess = self._session(todo, produced, outputs)
         out_names = [v.name for v in outputs]
         inputs = [i.name for i in sess.get_inputs()] if sess is not None else []
         for k in progress.track(range(self.batches), label, total=self.batches):
@@ -155,10 +155,12 @@ class Sweep:
     def _needed_later(self, value: Value) -> bool:
         return any(id(node) not in self.ran for node in self.graph.consumers(value))
 
-    def _session(self, todo: list[Node], outputs: list[Value]) -> ort.InferenceSession | None:
+    def _session(
+        self, todo: list[Node], inside: set[int], outputs: list[Value]
+    ) -> ort.InferenceSession | None:
+        """A session over the slice: reads from outside it (not ``inside``) are its inputs."""
         if not todo:
             return None
-        inside = {id(o) for n in todo for o in n.outputs}
         inputs: dict[str, Value] = {}
         for node in todo:
             for v in (*node.inputs, *node.implicit_inputs):
