@@ -83,6 +83,14 @@ CASES = {
     ),
     "clip-attr-10": (N("Clip", ["x"], ["y"], min=-0.5, max=0.3), 10, {}, 1),
     "clip-input-13": (N("Clip", ["x", "", "hi"], ["y"]), 13, {"hi": _f(0.2)}, 1),
+    "clip-both-13": (N("Clip", ["x", "lo", "hi"], ["y"]), 13, {"lo": _f(-0.1), "hi": _f(0.2)}, 1),
+    # lo > hi: every value becomes hi (not the fused hardtanh form)
+    "clip-crossed-13": (
+        N("Clip", ["x", "lo", "hi"], ["y"]),
+        13,
+        {"lo": _f(0.3), "hi": _f(-0.2)},
+        1,
+    ),
     "maxpool-asym-ceil": (
         N(
             "MaxPool",
