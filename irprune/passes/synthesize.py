@@ -312,9 +312,10 @@ def _fit(
 
 def _stats_loss(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """ZeroQ's per-layer distance: squared L2 of the per-channel mean and std errors over C."""
-    dims = [d for d in range(x.dim()) if d != 1]
-    m = x.mean(dim=dims)
-    s = (x.var(dim=dims, unbiased=False) + 1e-8).sqrt()
+    from irprune.backends.torch_moments import channel_moments
+
+    m, v = channel_moments(x)
+    s = (v + 1e-8).sqrt()
     channels = max(1, mean.numel())
     return ((m - mean) ** 2).sum() / channels + ((s - std) ** 2).sum() / channels
 

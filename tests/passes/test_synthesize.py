@@ -10,6 +10,7 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -149,6 +150,34 @@ def test_report_says_what_was_synthesised(fast: syn.Synthesis) -> None:
     assert report["method"] == "bn"
     assert report["stats_loss_final"] < 0.01 * report["stats_loss_initial"]
     assert report["seconds"] > 0
+
+
+def _plain_stats_loss(t: Any, mean: Any, std: Any) -> Any:
+    dims = [d for d in range(t.dim()) if d != 1]
+    m, s = t.mean(dim=dims), (t.var(dim=dims, unbiased=False) + 1e-8).sqrt()
+    return ((m - mean) ** 2).sum() / len(mean) + ((s - std) ** 2).sum() / len(mean)
+
+
+@pytest.mark.parametrize("shape", [(16, 6, 5, 7), (32, 9)])
+def test_stats_loss_matches_the_plain_definition(shape: tuple[int, ...]) -> None:
+    """The fused-moments form equals mean / std over the non-channel axes, in value and
+    gradient, also where the mean is far from zero (no cancellation in float32)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 0.5 + 40.0
+    mean = torch.rand(shape[1], generator=gen, dtype=torch.float64)
+    std = torch.rand(shape[1], generator=gen, dtype=torch.float64) + 0.5
+    x32 = x.float().requires_grad_(True)
+    got = syn._stats_loss(x32, mean.float(), std.float())
+    got.backward()
+    ref_x = x.clone().requires_grad_(True)
+    want = _plain_stats_loss(ref_x, mean, std)
+    want.backward()
+    assert abs(got.item() - want.item()) <= 1e-5 * want.item()
+    assert x32.grad is not None and ref_x.grad is not None
+    err = (x32.grad.double() - ref_x.grad).abs().max() / ref_x.grad.abs().max()
+    assert float(err) < 1e-4
 
 
 def test_total_variation_default_depends_on_the_method() -> None:
