@@ -235,8 +235,10 @@ def prune(
     ``"fx"`` (symbolic trace), ``"export"`` (torch.export) or ``"auto"`` (fx, else export).
 
     ``rewrite`` None picks the default measured best on real data (benchmarks/quality.py, see
-    the README): ``reconstruct`` with calibration data, ``compensate`` (from BN statistics)
-    without. ``labels`` (rows aligned with ``calib``) give the gradient criteria (``taylor``,
+    the README): ``reconstruct`` with calibration data; without it, ``reconstruct`` on data
+    synthesised from the model when that is affordable (``synthesize.data_free_calibration``:
+    small and mid-size nets, torch extra), else ``compensate`` (from BN statistics).
+    ``labels`` (rows aligned with ``calib``) give the gradient criteria (``taylor``,
     ``hessian``) a task loss; without them they use distillation against the original outputs.
     ``calib="synthetic"`` (or ``"synthetic:N"``, N inputs, default 128) makes calibration data
     from the model itself (BN-statistics inversion, or a BN-output prior on folded exports;
@@ -282,7 +284,7 @@ def prune(
     )
     reference_session = _original_session(original_bytes)  # a model ORT cannot load fails here
     t = timer.lap("load", t)
-    synthesis = _synthesis(original, graph, calib, rewrite, seed)
+    synthesis = _synthesis(original, graph, calib, rewrite, seed, dry_run)
     if synthesis is not None:
         calib, rewrite = synthesis.feeds, rewrite or "reconstruct"
         t = timer.lap("synthesize", t)
@@ -639,12 +641,18 @@ def _rewrite(
 
 
 def _synthesis(
-    original: ModelSource, graph: Graph, calib: Any, rewrite: str | None, seed: int
+    original: ModelSource,
+    graph: Graph,
+    calib: Any,
+    rewrite: str | None,
+    seed: int,
+    dry_run: bool = False,
 ) -> Synthesis | None:
     """Synthetic calibration data: asked for with ``calib="synthetic[:N]"``, or chosen by
-    ``data_free_calibration`` when the user gave neither data nor a rewrite."""
+    ``data_free_calibration`` when the user gave neither data nor a rewrite (not for a dry
+    run, which rewrites nothing)."""
     options = parse_spec(calib)
-    auto = calib is None and rewrite is None and synthesize.AUTO_SYNTHESIS
+    auto = calib is None and rewrite is None and not dry_run and synthesize.AUTO_SYNTHESIS
     if options is None and not auto:
         return None
     # the synthesis imports its own copy; a lazily read file is read whole for it

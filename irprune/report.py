@@ -165,7 +165,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     syn = report.get("synthetic")
     if syn:
         lines.append(
-            f"synthetic calibration: {syn['samples']} inputs ({syn['method']}, "
+            f"synthetic calibration{' (no --calib given)' if syn.get('auto') else ''}: "
+            f"{syn['samples']} inputs ({syn['method']}, "
             f"{syn['iterations']} iterations), statistics loss {syn['stats_loss_initial']:.3g}"
             f" -> {syn['stats_loss_final']:.3g}, {syn['seconds']:.1f}s"
         )

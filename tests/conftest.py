@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
@@ -74,3 +74,26 @@ def cli(capsys: pytest.CaptureFixture[str]) -> CliRun:
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_automatic_synthesis() -> Iterator[None]:
+    """Without calibration data and a chosen rewrite, ``prune`` synthesises data for models
+    small enough (minutes of CPU on the digits nets; passes/synthesize.py). Tests of other
+    features, module fixtures included, run the pre-synthesis default (``compensate``);
+    tests marked ``auto_synthesis`` get the real default back."""
+    from irprune.passes import synthesize
+
+    saved, synthesize.AUTO_SYNTHESIS = synthesize.AUTO_SYNTHESIS, False
+    yield
+    synthesize.AUTO_SYNTHESIS = saved
+
+
+@pytest.fixture(autouse=True)
+def _automatic_synthesis_when_marked(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if request.node.get_closest_marker("auto_synthesis") is not None:
+        from irprune.passes import synthesize
+
+        monkeypatch.setattr(synthesize, "AUTO_SYNTHESIS", True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
 import sys
 import tempfile
 from dataclasses import replace
@@ -297,28 +298,77 @@ def _gemm() -> onnx.ModelProto:
     )
 
 
-def test_default_data_free_setting_is_behind_a_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _tiny()
-    assert syn.data_free_calibration(model, 1e4) is None  # the switch is off
-    monkeypatch.setattr(syn, "AUTO_SYNTHESIS", True)
+@pytest.fixture
+def small_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default's synthesis with 8 inputs and 3 steps (the real one takes minutes)."""
     monkeypatch.setattr(syn, "SyntheticOptions", lambda: SyntheticOptions(8, 3, 8))
+
+
+@pytest.mark.auto_synthesis
+def test_default_data_free_setting_synthesises(
+    small_auto: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = _tiny()
     made = syn.data_free_calibration(model, 1e4)
     assert made is not None and made.feeds["x"].shape == (8, 3, 8, 8)
-    assert made.report["method"] == "bn"
+    assert made.report["method"] == "bn" and made.report["auto"] is True
     folded = syn.data_free_calibration(_folded(), 1e4)
     assert folded is not None and folded.report["method"] == "prior"
+    caplog.clear()
     assert syn.data_free_calibration(_gemm(), 1e4) is None  # nothing to match
+    assert "no BatchNormalization statistics or Conv" in caplog.text
+    assert "compensate" in caplog.text
+    caplog.clear()
     assert syn.data_free_calibration(model, 1e12) is None  # too expensive
+    assert "budget" in caplog.text and "--calib" in caplog.text
     result = irprune.prune(model, target_flops=0.58, round_to=1, measure_latency=False)
     assert result.report["settings"]["rewrite"] == "reconstruct"
-    assert result.report["synthetic"]["samples"] == 8
-    monkeypatch.setattr(syn, "AUTO_SYNTHESIS", False)
-    result = irprune.prune(model, target_flops=0.58, round_to=1, measure_latency=False)
+    assert result.report["synthetic"]["samples"] == 8 and result.report["synthetic"]["auto"]
+
+
+@pytest.mark.auto_synthesis
+@pytest.mark.parametrize(
+    "options",
+    [{"rewrite": "compensate"}, {"rewrite": "drop"}, {"dry_run": True}],
+    ids=["compensate", "drop", "dry-run"],
+)
+def test_a_chosen_rewrite_or_a_dry_run_does_not_synthesise(
+    small_auto: None, options: dict[str, Any]
+) -> None:
+    result = irprune.prune(_tiny(), target_flops=0.58, round_to=1, measure_latency=False, **options)
+    assert "synthetic" not in result.report
+
+
+def test_the_library_default_is_on() -> None:
+    """(tests/conftest.py turns it off for the test session; a fresh interpreter has it on)"""
+    code = "from irprune.passes import synthesize; print(synthesize.AUTO_SYNTHESIS)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "True"
+
+
+def test_tests_run_without_the_default_synthesis() -> None:
+    """tests/conftest.py turns it off for tests not marked ``auto_synthesis``."""
+    result = irprune.prune(_tiny(), target_flops=0.58, round_to=1, measure_latency=False)
     assert result.report["settings"]["rewrite"] == "compensate"
     assert "synthetic" not in result.report
 
 
+@pytest.mark.auto_synthesis
+def test_cli_default_without_data_says_it_synthesised(
+    small_auto: None, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from irprune.cli import main
+
+    onnx.save(_tiny(), str(tmp_path / "m.onnx"))
+    code = main([str(tmp_path / "m.onnx"), "--target-flops", "0.58", "--round-to", "1",
+                 "-o", str(tmp_path / "out.onnx"), "--no-latency"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""  # explicit BN: nothing to warn about
+    assert "synthetic calibration (no --calib given): 8 inputs (bn" in out
+
+
 @pytest.mark.slow
+@pytest.mark.auto_synthesis
 @pytest.mark.parametrize(
     ("net", "style", "max_points"),
     [
@@ -329,13 +379,16 @@ def test_default_data_free_setting_is_behind_a_switch(monkeypatch: pytest.Monkey
         ("resnet20", "folded", 3.0),
     ],
 )
-def test_digits_synthetic_accuracy(net: str, style: str, max_points: float) -> None:
-    """The measured bounds (README): ``--calib synthetic`` (defaults) + reconstruct, 0.5 FLOPs."""
+def test_digits_default_without_data(net: str, style: str, max_points: float) -> None:
+    """The measured bounds (README) of the default without data (synthetic calibration, then
+    reconstruct) at 0.5 FLOPs: no calibration argument, no rewrite."""
     from models.digits import accuracy, cached_digits_onnx, load_digits_split
 
     path = cached_digits_onnx(net, style, Path(tempfile.gettempdir()) / "irprune-digits")
     split = load_digits_split(0)
-    result = irprune.prune(path, target_flops=0.5, calib="synthetic", measure_latency=False)
+    result = irprune.prune(path, target_flops=0.5, measure_latency=False)
+    assert result.report["synthetic"]["auto"]
+    assert result.report["settings"]["rewrite"] == "reconstruct"
     original = accuracy(path, split.x_test, split.y_test)
     pruned = accuracy(result.model, split.x_test, split.y_test)
     assert 100 * (original - pruned) <= max_points, (original, pruned)
