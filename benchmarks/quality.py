@@ -107,7 +107,10 @@ def bench_net(name: str, style: str, args: argparse.Namespace, out: list[dict]) 
     path = cached_digits_onnx(name, style, args.cache_dir)
     base = accuracy(path, *test)
     print(f"{name} {style}: original accuracy {base:.4f}", flush=True)
+    done = {_key(r) for r in out if (r["net"], r["style"]) == (name, style)}
     for setting in grid(args):
+        if _key(setting) in done:
+            continue  # --resume: measured already
         row = run_one(path, setting, calib, test)
         row.update(
             net=name,
@@ -126,6 +129,11 @@ def bench_net(name: str, style: str, args: argparse.Namespace, out: list[dict]) 
             flush=True,
         )
         save(out, args.out)
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["target_flops"], row["criterion"], row["strategy"], row["rewrite"],
+            row.get("calib", ""))  # fmt: skip
 
 
 def save(rows: list[dict], path: Path) -> None:
@@ -214,6 +222,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--only-synthetic", action="store_true", help="only the synthetic rows")
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "irprune-digits")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.json"))
+    p.add_argument("--resume", action="store_true", help="keep --out's rows, run the rest")
     p.add_argument("--training", action="store_true", help="table of the training results")
     results = Path("benchmarks/results")
     p.add_argument("--csgd-results", nargs="+", type=Path, default=[results / "csgd.json"])
@@ -229,7 +238,8 @@ def main() -> None:
     if args.training:
         training(args)
         return
-    rows: list[dict] = []
+    resume = args.resume and args.out.is_file()
+    rows: list[dict] = json.loads(args.out.read_text()) if resume else []
     start = time.perf_counter()
     for name, style in itertools.product(args.nets, args.styles):
         bench_net(name, style, args, rows)

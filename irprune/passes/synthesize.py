@@ -375,12 +375,14 @@ def data_free_calibration(
         return None
     options = SyntheticOptions()
     cost = synthesis_teramacs(macs_per_sample, options)
-    graph = None if cost > AUTO_MAX_TERAMACS or _torch_missing() else import_for_synthesis(model)
+    over = cost > AUTO_MAX_TERAMACS
+    graph = None if over or _torch_missing() else import_for_synthesis(model)
     why = _no_synthesis_reason(graph, cost)
     if graph is None or why is not None:
+        anyway = " (or --calib synthetic to synthesise anyway)" if over else ""
         log.warning(
             "no calibration data: %s, so the repair is `compensate` and accuracy may drop "
-            "sharply; give --calib FILE.npz (or --calib synthetic to synthesise anyway)", why
+            "sharply; give --calib FILE.npz%s", why, anyway,
         )  # fmt: skip
         return None
     # INFO, not a warning: nothing is wrong, the report and the CLI's summary say it was done

@@ -317,13 +317,26 @@ def test_default_data_free_setting_synthesises(
     caplog.clear()
     assert syn.data_free_calibration(_gemm(), 1e4) is None  # nothing to match
     assert "no BatchNormalization statistics or Conv" in caplog.text
-    assert "compensate" in caplog.text
+    assert "compensate" in caplog.text and "--calib FILE.npz" in caplog.text
+    assert "synthesise anyway" not in caplog.text
     caplog.clear()
     assert syn.data_free_calibration(model, 1e12) is None  # too expensive
-    assert "budget" in caplog.text and "--calib" in caplog.text
+    assert "budget" in caplog.text and "--calib synthetic to synthesise anyway" in caplog.text
     result = irprune.prune(model, target_flops=0.58, round_to=1, measure_latency=False)
     assert result.report["settings"]["rewrite"] == "reconstruct"
     assert result.report["synthetic"]["samples"] == 8 and result.report["synthetic"]["auto"]
+
+
+@pytest.mark.auto_synthesis
+def test_default_without_torch_falls_back_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A core install (no torch): the default repairs with ``compensate`` and warns."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    result = irprune.prune(_tiny(), target_flops=0.58, round_to=1, measure_latency=False)
+    assert result.report["settings"]["rewrite"] == "compensate"
+    assert "synthetic" not in result.report
+    assert "needs the torch extra" in caplog.text and "synthesise anyway" not in caplog.text
 
 
 @pytest.mark.auto_synthesis
