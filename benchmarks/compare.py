@@ -5,7 +5,8 @@ prunes to ``--target-flops`` (default 0.5):
 
 * ``irprune``        -- ``irprune.prune(path, target_flops=F)`` on the ONNX file with its
   defaults (on the digits nets with ``calib=`` 256 training images, i.e. ``reconstruct``;
-  elsewhere no data, i.e. ``compensate``);
+  elsewhere no data and ``rewrite="compensate"``, the default's fallback: its synthesis of
+  calibration data would make ``prune s`` minutes of torch work on the small models);
 * ``irprune-drop``   -- the same with ``rewrite="drop"`` (no repair: apples to apples with the
   peers, which only remove channels);
 * ``tp-local`` / ``tp-global`` -- Torch-Pruning 1.6.1, magnitude importance (L1), on the torch
@@ -227,7 +228,9 @@ def run_irprune(ctx: Context, row: dict[str, Any], rewrite: str | None) -> bytes
     result = prune(
         str(ctx.subject.path),
         target_flops=ctx.args.target_flops,
-        rewrite=rewrite,
+        # without data: compensate, not the default's synthesis of calibration data (minutes
+        # of torch work on the small models, measured in benchmarks/datafree.py)
+        rewrite=rewrite or (None if ctx.calib is not None else "compensate"),
         calib=ctx.calib,
         measure_latency=False,
     )
