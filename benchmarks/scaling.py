@@ -210,7 +210,7 @@ def staged_cpu(model: onnx.ModelProto) -> dict[str, float]:
     same calls ``irprune.prune`` makes in the same order (defaults: l1, global, compensate from
     BN statistics, random feeds). CPU time is what other processes on a shared machine disturb
     least; wall time is in ``times_s``."""
-    from irprune import api
+    from irprune import api, inputs
     from irprune.emit import to_model, verify
     from irprune.frontends.onnx import import_model
     from irprune.passes.allocation import Target, allocate
@@ -241,7 +241,7 @@ def staged_cpu(model: onnx.ModelProto) -> dict[str, float]:
     plan = allocate(analysis, cost, scores, Target("macs", 0.5), round_to=1)
     t = lap("allocation", t)
     reference = api._original_session(model.SerializeToString())
-    feeds = api._feeds(reference, None, 0)
+    feeds = inputs.run_feeds(reference, None, 0)
     reference.run(None, feeds)
     del reference
     t = lap("reference", t)

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import onnx
 
+from irprune import inputs
 from irprune import report as rep
 from irprune.backends import missing_torch
 from irprune.emit import atomic_write, to_model, verify
 from irprune.emit.stream import STREAM_THRESHOLD, Staged, should_stream, stage, weight_bytes
-from irprune.emit.verify import random_inputs, session
+from irprune.emit.verify import session
 from irprune.errors import (
-    CalibrationError,
     InvalidModelError,
     MissingDependencyError,
     TargetError,
@@ -116,46 +116,6 @@ class _Timer:
         now = time.perf_counter()
         self.times[name] = self.times.get(name, 0.0) + now - since
         return now
-
-
-def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
-    """Arrays keyed by graph input name, batch on axis 0, checked against the model's inputs."""
-    arrays = read_npz(path)
-    check_inputs(arrays, graph, str(path))
-    return arrays
-
-
-def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise CalibrationError(f"{path}: not a readable .npz file ({exc})") from exc
-
-
-def check_inputs(arrays: Mapping[str, np.ndarray], graph: Graph, where: str) -> None:
-    """``arrays`` are exactly the graph's inputs, with one batch on axis 0 and their dtypes."""
-    inputs = {v.name: v for v in graph.inputs if not v.is_const}
-    if set(arrays) != set(inputs):
-        raise CalibrationError(
-            f"{where}: arrays {sorted(arrays)} do not match the model inputs {sorted(inputs)}"
-        )
-    batches = {arr.shape[0] if arr.ndim else -1 for arr in arrays.values()}
-    if len(batches) != 1 or min(batches) < 1:
-        raise CalibrationError(f"{where}: arrays need one common, non-empty batch on axis 0")
-    for name, arr in arrays.items():
-        expected = onnx.helper.tensor_dtype_to_np_dtype(inputs[name].dtype)
-        if arr.dtype != expected:
-            raise CalibrationError(
-                f"{where}: {name!r} is {arr.dtype}, the model expects {expected}"
-            )
-        shape = inputs[name].shape or ()
-        if arr.ndim != len(shape) or any(
-            isinstance(d, int) and d != s for d, s in zip(shape[1:], arr.shape[1:], strict=True)
-        ):
-            raise CalibrationError(
-                f"{where}: {name!r} has shape {arr.shape}, model expects {shape}"
-            )
 
 
 def _target(
@@ -260,20 +220,9 @@ def prune(
     are never in memory together.
     """
     target = _target(target_flops, target_params, target_latency)
-    if rewrite is None and calib is not None:
-        rewrite = "reconstruct"
-    _check_choice("criterion", criterion, CRITERIA)
-    _check_choice("strategy", strategy, STRATEGIES)
-    if rewrite is not None:
-        _check_choice("rewrite", rewrite, REWRITES)
-    if rewrite in CALIBRATED_REWRITES and calib is None:
-        raise UsageError(f"--rewrite {rewrite} needs calibration data (--calib)")
-    if strategy == "sensitivity" and calib is None:
-        raise UsageError("--strategy sensitivity needs calibration data (--calib)")
-    if round_to < 1 or not 0 < max_prune <= 1:
-        raise UsageError("round_to must be >= 1 and max_prune in (0, 1]")
-    if csgd_epochs and (rewrite != "merge" or data is None):
-        raise UsageError("C-SGD training (--csgd-epochs) needs --rewrite merge and --data")
+    rewrite = _check_options(
+        criterion, strategy, rewrite, calib, round_to, max_prune, csgd_epochs, data
+    )
     timer = _Timer()
     t = time.perf_counter()
     original = _load(model, example_inputs, tracer)
@@ -289,13 +238,141 @@ def prune(
         calib, rewrite = synthesis.feeds, rewrite or "reconstruct"
         t = timer.lap("synthesize", t)
     rewrite = rewrite or "compensate"
-    calib_feeds = _calib_feeds(graph, calib)
-    feeds = _feeds(reference_session, calib_feeds, seed)
+    calib_feeds = inputs.calib_feeds(graph, calib)
+    feeds = inputs.run_feeds(reference_session, calib_feeds, seed)
     # The reference run comes first and its session goes before any pass reads the weights:
     # a large model's weights are then never in memory twice (onnxruntime's and the passes').
     reference = None if dry_run else _run_original(reference_session, feeds)
     del reference_session
     t = timer.lap("reference", t)
+    planned = _plan(
+        graph, original, original_bytes, feeds, calib_feeds, labels, target, timer,
+        criterion=criterion, strategy=strategy, round_to=round_to, max_prune=max_prune,
+        ignore=ignore, seed=seed, latency_threads=latency_threads,
+    )  # fmt: skip
+    analysis, cost, plan = planned.analysis, planned.cost, planned.plan
+    settings = dict(
+        round_to_applied=plan.round_to,
+        round_narrow=plan.narrow,
+        criterion=criterion,
+        strategy=strategy,
+        rewrite=rewrite,
+        round_to=round_to,
+        max_prune=max_prune,
+        seed=seed,
+        ignore=sorted(planned.allocation["ignore"]),
+    )
+    if dry_run:
+        report = _report(analysis, cost, plan, target, settings, timer)
+        return Result(original.model, report, analysis, plan)
+    assert reference is not None
+    csgd = None
+    if csgd_epochs:
+        train, train_labels = inputs.training_data(graph, data)  # type: ignore[arg-type]
+        csgd = CsgdOptions(
+            csgd_epochs, train, train_labels, csgd_lr, csgd_epsilon, normalise=temporary_bn
+        )
+    # a parameter budget leaves no room for biases the repair would add
+    new_params = target.metric != "params"
+    stream = _Stream(original.external, stream_threshold, _stage_dir(stage_dir, model))
+    build = _Build(
+        original, original_bytes, graph, analysis, rewrite, calib_feeds, seed, timer, feeds,
+        csgd, new_params, stream=stream,
+    )  # fmt: skip
+    del graph  # the build owns it now, and drops it (and its weights) once it is written
+    pruned_bytes, outputs = build.run(plan)
+    latency = None
+    if planned.latency_model is not None:
+        plan, pruned_bytes, outputs, latency = _meet_latency(
+            build, (plan, pruned_bytes, outputs), target, planned.latency_model,
+            planned.allocation, planned.scores, planned.latency_feeds,
+        )  # fmt: skip
+    elif measure_latency:
+        t = time.perf_counter()
+        latency = rep.latency(
+            original_bytes, _runnable(pruned_bytes), planned.latency_feeds,
+            threads=latency_threads, interleave=not large,
+        )  # fmt: skip
+        timer.lap("latency", t)
+    report = _report(analysis, cost, plan, target, settings, timer)
+    report["fidelity"] = rep.fidelity(reference, outputs)
+    data_kind = "calibration data" if calib is not None else "random inputs"
+    report["fidelity_inputs"] = "synthetic data" if synthesis is not None else data_kind
+    if synthesis is not None:
+        report["synthetic"] = synthesis.report
+    if latency is not None:
+        report["latency"] = latency
+    report.update(build.extra)
+    return _result(model, original, pruned_bytes, report, analysis, plan)
+
+
+def _result(
+    model: Any, original: ModelSource, pruned: Pruned, report: dict[str, Any],
+    analysis: ChannelAnalysis, plan: Plan,
+) -> Result:  # fmt: skip
+    """The verified build as a ``Result`` that knows where its weights live."""
+    source = Path(model) if isinstance(model, str | Path) else None
+    external = original.external
+    staged = pruned if isinstance(pruned, Staged) else None
+    serialized = pruned if isinstance(pruned, bytes) else None
+    return Result(
+        staged.proto() if staged else onnx.ModelProto.FromString(serialized or b""),
+        report,
+        analysis,
+        plan,
+        serialized=serialized,
+        external_data=external,
+        source=source,
+        source_data=frozenset(external_files(source)) if external and source else frozenset(),
+        staged=staged,
+    )
+
+
+def _check_options(
+    criterion: str, strategy: str, rewrite: str | None, calib: Any, round_to: int,
+    max_prune: float, csgd_epochs: int, data: Any,
+) -> str | None:  # fmt: skip
+    """Reject impossible option combinations before any work; the rewrite, with
+    ``reconstruct`` filled in when calibration data is given."""
+    if rewrite is None and calib is not None:
+        rewrite = "reconstruct"
+    _check_choice("criterion", criterion, CRITERIA)
+    _check_choice("strategy", strategy, STRATEGIES)
+    if rewrite is not None:
+        _check_choice("rewrite", rewrite, REWRITES)
+    if rewrite in CALIBRATED_REWRITES and calib is None:
+        raise UsageError(f"--rewrite {rewrite} needs calibration data (--calib)")
+    if strategy == "sensitivity" and calib is None:
+        raise UsageError("--strategy sensitivity needs calibration data (--calib)")
+    if round_to < 1 or not 0 < max_prune <= 1:
+        raise UsageError("round_to must be >= 1 and max_prune in (0, 1]")
+    if csgd_epochs and (rewrite != "merge" or data is None):
+        raise UsageError("C-SGD training (--csgd-epochs) needs --rewrite merge and --data")
+    return rewrite
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """What the planning stage hands to the build: analysis, costs, scores and the plan."""
+
+    analysis: ChannelAnalysis
+    cost: CostModel
+    scores: Any
+    plan: Plan
+    allocation: dict[str, Any]  # allocate's options, reused to re-plan for a latency target
+    latency_model: Any
+    latency_feeds: dict[str, np.ndarray]
+
+
+def _plan(
+    graph: Graph, original: ModelSource, original_bytes: bytes | Path,
+    feeds: dict[str, np.ndarray], calib_feeds: dict[str, np.ndarray] | None, labels: Any,
+    target: Target, timer: _Timer, *, criterion: str, strategy: str, round_to: int,
+    max_prune: float, ignore: Iterable[str | int], seed: int, latency_threads: int,
+) -> _Planned:  # fmt: skip
+    """Analysis, importance, the latency model (for a latency target), sensitivity curves
+    (for that strategy) and allocation; read-only on ``graph``."""
+    t = time.perf_counter()
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
     if cost.unknown:
@@ -331,79 +408,7 @@ def prune(
     )
     plan = allocate(analysis, cost, scores, target, **allocation)  # type: ignore[arg-type]
     t = timer.lap("allocation", t)
-    settings = dict(
-        round_to_applied=plan.round_to,
-        round_narrow=plan.narrow,
-        criterion=criterion,
-        strategy=strategy,
-        rewrite=rewrite,
-        round_to=round_to,
-        max_prune=max_prune,
-        seed=seed,
-        ignore=sorted(allocation["ignore"]),  # type: ignore[call-overload]
-    )
-    if dry_run:
-        report = _report(analysis, cost, plan, target, settings, timer)
-        return Result(original.model, report, analysis, plan)
-    assert reference is not None
-    csgd = None
-    if csgd_epochs:
-        assert data is not None
-        train, train_labels = _training_data(graph, data)
-        csgd = CsgdOptions(
-            csgd_epochs, train, train_labels, csgd_lr, csgd_epsilon, normalise=temporary_bn
-        )
-    # a parameter budget leaves no room for biases the repair would add
-    new_params = target.metric != "params"
-    stream = _Stream(original.external, stream_threshold, _stage_dir(stage_dir, model))
-    build = _Build(
-        original, original_bytes, graph, analysis, rewrite, calib_feeds, seed, timer, feeds,
-        csgd, new_params, stream=stream,
-    )  # fmt: skip
-    del graph  # the build owns it now, and drops it (and its weights) once it is written
-    pruned_bytes, outputs = build.run(plan)
-    latency = None
-    if latency_model is not None:
-        plan, pruned_bytes, outputs, latency = _meet_latency(
-            build, (plan, pruned_bytes, outputs), target, latency_model, allocation, scores,
-            latency_feeds,
-        )  # fmt: skip
-    elif measure_latency:
-        t = time.perf_counter()
-        latency = rep.latency(
-            original_bytes, _runnable(pruned_bytes), latency_feeds, threads=latency_threads,
-            interleave=not large,
-        )  # fmt: skip
-        timer.lap("latency", t)
-    report = _report(analysis, cost, plan, target, settings, timer)
-    report["fidelity"] = rep.fidelity(reference, outputs)
-    report["fidelity_inputs"] = (
-        "synthetic data"
-        if synthesis is not None
-        else "calibration data"
-        if calib is not None
-        else "random inputs"
-    )
-    if synthesis is not None:
-        report["synthetic"] = synthesis.report
-    if latency is not None:
-        report["latency"] = latency
-    report.update(build.extra)
-    source = Path(model) if isinstance(model, str | Path) else None
-    external = original.external
-    staged = pruned_bytes if isinstance(pruned_bytes, Staged) else None
-    serialized = pruned_bytes if isinstance(pruned_bytes, bytes) else None
-    return Result(
-        staged.proto() if staged else onnx.ModelProto.FromString(serialized or b""),
-        report,
-        analysis,
-        plan,
-        serialized=serialized,
-        external_data=external,
-        source=source,
-        source_data=frozenset(external_files(source)) if external and source else frozenset(),
-        staged=staged,
-    )
+    return _Planned(analysis, cost, scores, plan, allocation, latency_model, latency_feeds)
 
 
 Pruned = bytes | Staged  # a built model: serialized, or streamed to a staging folder
@@ -677,38 +682,6 @@ def _run_original(sess: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     except Exception as exc:  # onnxruntime raises untyped errors
         text = " ".join(str(exc).split())
         raise InvalidModelError(f"onnxruntime cannot run the input model: {text}") from exc
-
-
-def _calib_feeds(graph: Graph, calib: Any) -> dict[str, np.ndarray] | None:
-    if calib is None:
-        return None
-    if isinstance(calib, Mapping):
-        return {k: np.asarray(v) for k, v in calib.items()}
-    return load_calibration(calib, graph)
-
-
-def _training_data(
-    graph: Graph, data: str | Path | Mapping[str, np.ndarray], labels: str = "labels"
-) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Training data (an .npz path or arrays): the model's inputs as for calibration, plus
-    optional integer class labels under the key ``labels`` (one per sample)."""
-    source = str(data) if not isinstance(data, Mapping) else "data"
-    arrays = read_npz(data) if not isinstance(data, Mapping) else dict(data)
-    arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    y = arrays.pop(labels, None)
-    check_inputs(arrays, graph, source)
-    n = len(next(iter(arrays.values())))
-    if y is not None and (y.shape != (n,) or not np.issubdtype(y.dtype, np.integer)):
-        raise CalibrationError(f"{source}: {labels!r} must be {n} integer class labels")
-    return arrays, y
-
-
-def _feeds(
-    sess: Any, calib_feeds: dict[str, np.ndarray] | None, seed: int
-) -> dict[str, np.ndarray]:
-    if calib_feeds is None:
-        return random_inputs(sess, batch=4, seed=seed)
-    return calib_feeds
 
 
 def _report(

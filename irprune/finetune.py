@@ -155,7 +155,7 @@ def _data(
     labels: str | np.ndarray | Mapping[str, np.ndarray] | None,
     graph: Any,
 ) -> tuple[dict[str, np.ndarray], dict[int | str, np.ndarray]]:
-    from irprune.api import check_inputs, read_npz
+    from irprune.inputs import check_inputs, read_npz
 
     arrays = read_npz(data) if isinstance(data, str | Path) else dict(data)
     targets: dict[int | str, np.ndarray] = {}

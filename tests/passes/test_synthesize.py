@@ -19,8 +19,8 @@ import pytest
 from onnx import helper
 
 import irprune
-from irprune.api import check_inputs
 from irprune.errors import MissingDependencyError, UsageError
+from irprune.inputs import check_inputs
 from irprune.passes import synthesize as syn
 from irprune.passes.calibration import exposed
 from irprune.passes.synthesize import (

@@ -1,0 +1,90 @@
+"""The data a user hands to ``prune``: calibration and training arrays, checked against the
+model's inputs (names, one common batch on axis 0, dtypes, fixed dims), and the inputs of the
+reference run (calibration data, else seeded random inputs)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from irprune.emit.verify import random_inputs
+from irprune.errors import CalibrationError
+from irprune.ir import Graph
+
+
+def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
+    """Arrays keyed by graph input name, batch on axis 0, checked against the model's inputs."""
+    arrays = read_npz(path)
+    check_inputs(arrays, graph, str(path))
+    return arrays
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{path}: not a readable .npz file ({exc})") from exc
+
+
+def check_inputs(arrays: Mapping[str, np.ndarray], graph: Graph, where: str) -> None:
+    """``arrays`` are exactly the graph's inputs, with one batch on axis 0 and their dtypes."""
+    inputs = {v.name: v for v in graph.inputs if not v.is_const}
+    if set(arrays) != set(inputs):
+        raise CalibrationError(
+            f"{where}: arrays {sorted(arrays)} do not match the model inputs {sorted(inputs)}"
+        )
+    batches = {arr.shape[0] if arr.ndim else -1 for arr in arrays.values()}
+    if len(batches) != 1 or min(batches) < 1:
+        raise CalibrationError(f"{where}: arrays need one common, non-empty batch on axis 0")
+    for name, arr in arrays.items():
+        expected = onnx.helper.tensor_dtype_to_np_dtype(inputs[name].dtype)
+        if arr.dtype != expected:
+            raise CalibrationError(
+                f"{where}: {name!r} is {arr.dtype}, the model expects {expected}"
+            )
+        shape = inputs[name].shape or ()
+        if arr.ndim != len(shape) or any(
+            isinstance(d, int) and d != s for d, s in zip(shape[1:], arr.shape[1:], strict=True)
+        ):
+            raise CalibrationError(
+                f"{where}: {name!r} has shape {arr.shape}, model expects {shape}"
+            )
+
+
+def calib_feeds(graph: Graph, calib: Any) -> dict[str, np.ndarray] | None:
+    """Calibration arrays from a mapping (as given) or an .npz path (checked); None: none."""
+    if calib is None:
+        return None
+    if isinstance(calib, Mapping):
+        return {k: np.asarray(v) for k, v in calib.items()}
+    return load_calibration(calib, graph)
+
+
+def training_data(
+    graph: Graph, data: str | Path | Mapping[str, np.ndarray], labels: str = "labels"
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Training data (an .npz path or arrays): the model's inputs as for calibration, plus
+    optional integer class labels under the key ``labels`` (one per sample)."""
+    source = str(data) if not isinstance(data, Mapping) else "data"
+    arrays = read_npz(data) if not isinstance(data, Mapping) else dict(data)
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    y = arrays.pop(labels, None)
+    check_inputs(arrays, graph, source)
+    n = len(next(iter(arrays.values())))
+    if y is not None and (y.shape != (n,) or not np.issubdtype(y.dtype, np.integer)):
+        raise CalibrationError(f"{source}: {labels!r} must be {n} integer class labels")
+    return arrays, y
+
+
+def run_feeds(
+    sess: Any, calib_feeds: dict[str, np.ndarray] | None, seed: int
+) -> dict[str, np.ndarray]:
+    """Inputs of the reference run: the calibration data, else 4 seeded random inputs."""
+    if calib_feeds is None:
+        return random_inputs(sess, batch=4, seed=seed)
+    return calib_feeds
