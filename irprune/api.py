@@ -261,6 +261,7 @@ def prune(
         max_prune=max_prune,
         seed=seed,
         ignore=sorted(planned.allocation["ignore"]),
+        **({"tracer": original.tracer} if original.tracer else {}),
     )
     if dry_run:
         report = _report(analysis, cost, plan, target, settings, timer)
@@ -557,7 +558,8 @@ def _load(model: Any, example_inputs: Any, tracer: str) -> ModelSource:
     if fx.is_torch_module(model):
         if example_inputs is None:
             raise UsageError("a torch.nn.Module needs example_inputs= (a tensor or tensor tuple)")
-        return ModelSource(fx.to_onnx(model, example_inputs, tracer=tracer))
+        graph = fx.lower(model, example_inputs, tracer=tracer)
+        return ModelSource(to_model(graph), tracer=fx.lowered_by(graph))
     if example_inputs is not None:
         raise UsageError("example_inputs= is only used with a torch.nn.Module model")
     return read_source(model)

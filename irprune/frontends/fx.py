@@ -202,6 +202,11 @@ def to_onnx(
     return to_model(graph)
 
 
+def lowered_by(graph: Graph) -> str | None:
+    """Which tracer ``lower`` used for ``graph`` ("fx" or "export"); None: not lowered."""
+    return graph.meta.get("tracer")
+
+
 def lower(
     module: Any,
     example_inputs: Any,
@@ -238,10 +243,14 @@ def lower(
             gm = _export_instead(module, inputs, exc)
         else:
             log.info("%s traced by torch.fx.symbolic_trace", type(module).__name__)
-            return _lower_traced(gm, fx_ops.table(), module, inputs, input_names, output_names)
-    return _lower_traced(
+            graph = _lower_traced(gm, fx_ops.table(), module, inputs, input_names, output_names)
+            graph.meta["tracer"] = "fx"
+            return graph
+    graph = _lower_traced(
         gm, export_ops.table(), module, inputs, input_names, output_names, export.annotate_shapes
     )
+    graph.meta["tracer"] = "export"
+    return graph
 
 
 def _export_instead(module: Any, inputs: tuple[Any, ...], fx_error: Exception) -> Any:

@@ -78,6 +78,7 @@ class ModelSource:
     external: bool = False  # the file kept weights in external data (the output does too)
     path: Path | None = None
     folder: Path | None = None  # set when weights are still to be read from there
+    tracer: str | None = None  # lowered from a torch module by this tracer ("fx" / "export")
 
     @property
     def lazy(self) -> bool:

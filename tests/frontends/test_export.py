@@ -366,6 +366,19 @@ def test_auto_falls_back_to_export_and_prunes() -> None:
     )
     assert 0.55 <= result.report["cost"]["ratio"]["macs"] <= 0.57
     assert any(g["kept"] < g["size"] for g in result.report["groups"])
+    assert result.report["settings"]["tracer"] == "export"  # the report says which path ran
+
+
+def test_report_names_the_tracer() -> None:
+    layers = (torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 1))
+    module, example = torch.nn.Sequential(*layers).eval(), torch.randn(1, 3, 8, 8)
+    for tracer, used in (("auto", "fx"), ("fx", "fx"), ("export", "export")):
+        result = prune(
+            module, example_inputs=example, target_flops=0.7, tracer=tracer, dry_run=True
+        )
+        assert result.report["settings"]["tracer"] == used
+    onnx_model = to_onnx(module, example)
+    assert "tracer" not in prune(onnx_model, target_flops=0.7, dry_run=True).report["settings"]
 
 
 class _PixelShuffled(torch.nn.Module):
