@@ -87,14 +87,16 @@ def _prune_parser() -> _Parser:
         "--rewrite",
         choices=REWRITES,
         default=None,
-        help="default: reconstruct with --calib, compensate without",
+        help="default: reconstruct with --calib; without it reconstruct on data synthesised "
+        "from the model where affordable (torch extra), else compensate",
     )
     p.add_argument(
         "--calib",
         type=_calib,
         metavar="FILE.npz|synthetic[:N]",
         help=".npz of arrays keyed by input name, or synthetic[:N]: N inputs (default 128) made "
-        "from the model's BN statistics (torch extra; see README Data-free)",
+        "from the model's BN statistics (torch extra; see README Data-free). Default: "
+        "synthetic for models where that costs <= 4 TMAC, else none",
     )
     p.add_argument(
         "--csgd-epochs",
