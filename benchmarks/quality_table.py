@@ -1,7 +1,7 @@
 """The quality grid as tables: reads the rows of ``benchmarks/quality.py`` and prints markdown.
 
-    python benchmarks/quality_table.py benchmarks/results/quality_grid.json
-    python benchmarks/quality_table.py a.json b.json --slim benchmarks/results/quality_grid.json
+    python benchmarks/quality_table.py benchmarks/results/quality_grid.csv
+    python benchmarks/quality_table.py a.json b.json --slim benchmarks/results/quality_grid.csv
 
 Tables (top-1 % on the held-out digits, no fine-tuning; one column per net and export style):
 
@@ -11,13 +11,15 @@ Tables (top-1 % on the held-out digits, no fine-tuning; one column per net and e
 3. **The defaults**: ``l1`` / ``global`` / ``reconstruct`` (with data) at each target, and the
    best data-free setting of the grid.
 
-``--slim OUT`` also writes the rows with only the fields the tables use (the raw rows carry
-timings and repeated settings; the slim file is what benchmarks/results keeps).
+``--slim OUT.csv`` also writes the rows with only the fields the tables use (the raw rows carry
+timings and repeated settings; the slim CSV is what benchmarks/results keeps, and this script
+reads it back: ``python benchmarks/quality_table.py benchmarks/results/quality_grid.csv``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 from collections import defaultdict
@@ -36,15 +38,41 @@ Row = dict[str, Any]
 
 
 def load(paths: list[Path]) -> list[Row]:
-    """Rows of every file (later files replace earlier rows of the same setting)."""
+    """Rows of every file, JSON from quality.py or the slim CSV (later files replace earlier
+    rows of the same setting)."""
     rows: dict[tuple[Any, ...], Row] = {}
     for path in paths:
-        for row in json.loads(path.read_text()):
+        for row in _read(path):
             if row.get("calib"):  # the synthetic rows are tabled in the README's Data-free part
                 continue
             key = tuple(row[k] for k in FIELDS[:6])
             rows[key] = {k: row[k] for k in FIELDS if k in row}
     return list(rows.values())
+
+
+def _read(path: Path) -> list[Row]:
+    if path.suffix != ".csv":
+        return list(json.loads(path.read_text()))
+    with path.open(newline="") as f:
+        return [_typed(r) for r in csv.DictReader(f)]
+
+
+def _typed(row: dict[str, str]) -> Row:
+    out: Row = {k: v for k, v in row.items() if v != ""}
+    for k in ("target_flops", "accuracy", "original", "mac_ratio"):
+        if k in out:
+            out[k] = float(out[k])
+    out["data_free"] = out.get("data_free") == "True"
+    return out
+
+
+def write_slim(rows: list[Row], path: Path) -> None:
+    """The rows as CSV with the tables' fields (accuracy and MAC ratio to 4 decimals)."""
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})
 
 
 def columns(rows: list[Row]) -> list[tuple[str, str]]:
@@ -159,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     rows = load(args.files)
     if args.slim:
-        args.slim.write_text(json.dumps(rows, separators=(",", ":"), default=float) + "\n")
+        write_slim(rows, args.slim)
     errors = [r for r in rows if "error" in r]
     print(f"{len(rows)} rows, {len(errors)} errors\n")
     for line in best_table(rows):
