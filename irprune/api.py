@@ -57,7 +57,13 @@ from irprune.passes.rewrite.recalibrate import (
 )
 from irprune.passes.rewrite.refit import refit
 from irprune.passes.sensitivity import measure
-from irprune.passes.synthesize import Synthesis, data_free_calibration, parse_spec
+from irprune.passes.synthesize import (
+    Synthesis,
+    Workload,
+    activation_elements,
+    data_free_calibration,
+    parse_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -662,12 +668,15 @@ def _synthesis(
     auto = calib is None and rewrite is None and not dry_run and synthesize.AUTO_SYNTHESIS
     if options is None and not auto:
         return None
-    # the synthesis imports its own copy; a lazily read file is read whole for it
-    model = load_model(original.path) if original.lazy and original.path else original.model
+
+    def load() -> onnx.ModelProto:
+        # the synthesis imports its own copy; a lazily read file is read whole for it
+        return load_model(original.path) if original.lazy and original.path else original.model
+
     if options is not None:
-        return options.run(model, seed)
+        return options.run(load(), seed)
     macs = build_cost_model(graph, analyze(graph)).evaluate().macs
-    return data_free_calibration(model, macs, seed)
+    return data_free_calibration(load, Workload(macs, activation_elements(graph)), seed)
 
 
 def _original_session(original: bytes | Path) -> Any:

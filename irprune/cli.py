@@ -96,7 +96,7 @@ def _prune_parser() -> _Parser:
         metavar="FILE.npz|synthetic[:N]",
         help=".npz of arrays keyed by input name, or synthetic[:N]: N inputs (default 128) made "
         "from the model's BN statistics (torch extra; see README Data-free). Default: "
-        "synthetic for models where that costs <= 4 TMAC, else none",
+        "synthetic where that is estimated at most 5 CPU minutes, else none",
     )
     p.add_argument(
         "--csgd-epochs",

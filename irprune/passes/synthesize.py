@@ -19,8 +19,8 @@ logged as a warning. ``auto`` (the default) picks ``bn`` when the model has expl
 ``prior``. ``class`` and ``noise`` exist for the measurements (``benchmarks/datafree.py``).
 
 ``data_free_calibration`` is the default when the user gives neither data nor a rewrite: it
-synthesises when that costs at most ``AUTO_MAX_TERAMACS`` (small and mid-size nets) and
-otherwise says why it falls back to ``compensate``. Torch is imported only when data is
+synthesises when that is estimated at most ``AUTO_MAX_CPU_SECONDS`` (small and mid-size nets)
+and otherwise says why it falls back to ``compensate``. Torch is imported only when data is
 synthesised.
 """
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -353,31 +353,60 @@ def import_for_synthesis(model: onnx.ModelProto) -> Graph:
 # measured on the digits nets at 0.5 FLOPs it loses 0.7-2.9 points where `compensate` falls to
 # chance (README "Data-free"). Tests of other features turn it off (tests/conftest.py).
 AUTO_SYNTHESIS = True
-# Budget in 1e12 MACs of forward + backward passes: the digits nets need 1.3-3.2 (about 1-3 CPU
-# minutes), the demo model 0.9, a 224-px ResNet-50 316 (hours: there `compensate` stays).
-AUTO_MAX_TERAMACS = 4.0
+# CPU seconds per input per Adam step on the torch backend (1 thread), fitted on six models (the
+# three digits nets, the demo, the reference MobileNetV2 and DenseNet): per MAC and per float
+# activation element of one input. Within -25%..+20% on five of them; 0.45x on the DenseNet
+# (many small ops). Elements matter: MobileNetV2 costs 6x more per MAC than ResNet-20.
+SECONDS_PER_MAC = 2.1e-11
+SECONDS_PER_ELEMENT = 3.3e-9
+# Budget of the default, in estimated CPU seconds: the demo model needs about 40, the digits
+# nets 50-210, a 224-px ResNet-50 hours (there `compensate` stays, with a warning).
+AUTO_MAX_CPU_SECONDS = 300.0
 
 
-def synthesis_teramacs(macs_per_sample: float, options: SyntheticOptions) -> float:
-    """Forward and backward passes of the synthesis, in 1e12 MACs (backward ~ 2x forward)."""
-    return 3.0 * macs_per_sample * options.samples * (options.iterations + 1) / 1e12
+@dataclass(frozen=True)
+class Workload:
+    """One input's forward pass: MACs and float activation elements (all node outputs)."""
+
+    macs: float
+    elements: float
+
+    def seconds(self, options: SyntheticOptions) -> float:
+        """Estimated CPU seconds of synthesising with ``options`` (backward ~ 2x forward is in
+        the fitted coefficients)."""
+        per_step = self.macs * SECONDS_PER_MAC + self.elements * SECONDS_PER_ELEMENT
+        return options.samples * (options.iterations + 1) * per_step
+
+
+def activation_elements(graph: Graph) -> float:
+    """Float elements of one input's intermediate values (static dims after the batch axis);
+    values with dims shape inference could not fix count 0."""
+    total = 0
+    for node in graph.nodes:
+        for v in node.outputs:
+            dims = (v.shape or ())[1:]
+            if v.dtype in _FLOAT_INPUTS and dims and all(isinstance(d, int) for d in dims):
+                total += math.prod(dims)  # type: ignore[arg-type]
+    return float(total)
 
 
 def data_free_calibration(
-    model: onnx.ModelProto, macs_per_sample: float, seed: int = 0
+    load: Callable[[], onnx.ModelProto], work: Workload, seed: int = 0
 ) -> Synthesis | None:
     """The default when the user gives no calibration data and no rewrite: synthetic data
     (``auto``: BN inversion, or the folded-BN prior), then ``reconstruct``, when
     ``AUTO_SYNTHESIS`` is on, torch is installed, the model has BN statistics or Conv layers
-    and the synthesis costs at most ``AUTO_MAX_TERAMACS``; otherwise None (the pipeline falls
-    back to ``compensate``, and a warning says why)."""
+    and the synthesis is estimated at most ``AUTO_MAX_CPU_SECONDS``; otherwise None (the
+    pipeline falls back to ``compensate``, and a warning says why). ``load`` gives the model;
+    it is called only when the estimate is within the budget (a large model is never read
+    whole for nothing)."""
     if not AUTO_SYNTHESIS:
         return None
     options = SyntheticOptions()
-    cost = synthesis_teramacs(macs_per_sample, options)
-    over = cost > AUTO_MAX_TERAMACS
-    graph = None if over or _torch_missing() else import_for_synthesis(model)
-    why = _no_synthesis_reason(graph, cost)
+    seconds = work.seconds(options)
+    over = seconds > AUTO_MAX_CPU_SECONDS
+    graph = None if over or _torch_missing() else import_for_synthesis(load())
+    why = _no_synthesis_reason(graph, seconds)
     if graph is None or why is not None:
         anyway = " (or --calib synthetic to synthesise anyway)" if over else ""
         log.warning(
@@ -387,12 +416,13 @@ def data_free_calibration(
         return None
     # INFO, not a warning: nothing is wrong, the report and the CLI's summary say it was done
     log.info(
-        "no calibration data: synthesising %d inputs from the model (%.2g TMAC of torch work, "
-        "about 1-3 CPU minutes on the digits nets); --calib FILE.npz is better and faster, "
-        "--rewrite compensate skips it", options.samples, cost,
+        "no calibration data: synthesising %d inputs from the model (about %.0f CPU s); "
+        "--calib FILE.npz is better and faster, --rewrite compensate skips it",
+        options.samples, seconds,
     )  # fmt: skip
     made = synthesize(graph, options, seed=seed)
     made.report["auto"] = True
+    made.report["estimated_cpu_seconds"] = seconds
     return made
 
 
@@ -404,10 +434,13 @@ def _torch_missing() -> bool:
     return False
 
 
-def _no_synthesis_reason(graph: Graph | None, teramacs: float) -> str | None:
+def _no_synthesis_reason(graph: Graph | None, seconds: float) -> str | None:
     """Why the default cannot synthesise (``graph`` None: not imported), or None when it can."""
-    if teramacs > AUTO_MAX_TERAMACS:
-        return f"synthesising inputs would cost {teramacs:.3g} TMAC (budget {AUTO_MAX_TERAMACS:g})"
+    if seconds > AUTO_MAX_CPU_SECONDS:
+        return (
+            f"synthesising inputs would take about {seconds / 60:.0f} CPU minutes (the default "
+            f"does it up to {AUTO_MAX_CPU_SECONDS / 60:.0f})"
+        )
     if graph is None:
         return "synthesising inputs needs the torch extra (pip install 'irprune[torch]')"
     try:

@@ -308,23 +308,57 @@ def small_auto(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_default_data_free_setting_synthesises(
     small_auto: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    model = _tiny()
-    made = syn.data_free_calibration(model, 1e4)
+    model, cheap = _tiny(), syn.Workload(1e4, 1e3)
+    made = syn.data_free_calibration(lambda: model, cheap)
     assert made is not None and made.feeds["x"].shape == (8, 3, 8, 8)
     assert made.report["method"] == "bn" and made.report["auto"] is True
-    folded = syn.data_free_calibration(_folded(), 1e4)
+    folded = syn.data_free_calibration(_folded, cheap)
     assert folded is not None and folded.report["method"] == "prior"
     caplog.clear()
-    assert syn.data_free_calibration(_gemm(), 1e4) is None  # nothing to match
+    assert syn.data_free_calibration(_gemm, cheap) is None  # nothing to match
     assert "no BatchNormalization statistics or Conv" in caplog.text
     assert "compensate" in caplog.text and "--calib FILE.npz" in caplog.text
     assert "synthesise anyway" not in caplog.text
     caplog.clear()
-    assert syn.data_free_calibration(model, 1e12) is None  # too expensive
-    assert "budget" in caplog.text and "--calib synthetic to synthesise anyway" in caplog.text
+
+    def unread() -> onnx.ModelProto:
+        raise AssertionError("an over-budget model is not loaded")
+
+    assert syn.data_free_calibration(unread, syn.Workload(1e12, 1e3)) is None  # too expensive
+    assert "CPU minutes" in caplog.text and "--calib synthetic to synthesise anyway" in caplog.text
     result = irprune.prune(model, target_flops=0.58, round_to=1, measure_latency=False)
     assert result.report["settings"]["rewrite"] == "reconstruct"
     assert result.report["synthetic"]["samples"] == 8 and result.report["synthetic"]["auto"]
+
+
+def _workload(model: onnx.ModelProto) -> syn.Workload:
+    from irprune.frontends.onnx import import_model
+    from irprune.passes.analysis.channels import analyze
+    from irprune.passes.analysis.cost import build_cost_model
+
+    graph = import_model(model)
+    macs = build_cost_model(graph, analyze(graph)).evaluate().macs
+    return syn.Workload(macs, syn.activation_elements(graph))
+
+
+def test_activation_elements_count_every_float_intermediate() -> None:
+    # _tiny: Conv [N,4,8,8] -> BN [N,4,8,8] -> ... : every node output counted once per input
+    graph = import_for_synthesis(_tiny())
+    expected = sum(
+        int(np.prod(v.shape[1:])) for n in graph.nodes for v in n.outputs if v.dtype == 1
+    )
+    assert syn.activation_elements(graph) == expected > 0
+
+
+def test_the_budget_takes_the_demo_and_leaves_resnet50(reference_onnx: Any) -> None:
+    """The estimate (fitted CPU seconds per MAC and per activation element) lets the default
+    synthesise for the demo model (about 40 s) but not for the 64-px ResNet-50 (about 7 min)."""
+    from irprune.demo import build_demo_model
+
+    options = SyntheticOptions()
+    demo = _workload(build_demo_model()).seconds(options)
+    resnet50 = _workload(onnx.load(reference_onnx("resnet50", "explicit"))).seconds(options)
+    assert 10 < demo < syn.AUTO_MAX_CPU_SECONDS < resnet50
 
 
 @pytest.mark.auto_synthesis
