@@ -385,7 +385,7 @@ def activation_elements(graph: Graph) -> float:
     for node in graph.nodes:
         for v in node.outputs:
             dims = (v.shape or ())[1:]
-            if v.dtype in _FLOAT_INPUTS and dims and all(isinstance(d, int) for d in dims):
+            if v.dtype == onnx.TensorProto.FLOAT and dims and all(isinstance(d, int) for d in dims):
                 total += math.prod(dims)  # type: ignore[arg-type]
     return float(total)
 
