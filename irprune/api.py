@@ -348,9 +348,13 @@ def _check_options(
     if rewrite is not None:
         _check_choice("rewrite", rewrite, REWRITES)
     if rewrite in CALIBRATED_REWRITES and calib is None:
-        raise UsageError(f"--rewrite {rewrite} needs calibration data (--calib)")
+        raise UsageError(
+            f"--rewrite {rewrite} needs calibration data (--calib FILE.npz, or --calib synthetic)"
+        )
     if strategy == "sensitivity" and calib is None:
-        raise UsageError("--strategy sensitivity needs calibration data (--calib)")
+        raise UsageError(
+            "--strategy sensitivity needs calibration data (--calib FILE.npz, or --calib synthetic)"
+        )
     if round_to < 1 or not 0 < max_prune <= 1:
         raise UsageError("round_to must be >= 1 and max_prune in (0, 1]")
     if csgd_epochs and (rewrite != "merge" or data is None):

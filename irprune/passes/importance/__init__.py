@@ -64,7 +64,10 @@ def score(
         raise UsageError(f"labels are used by the gradient criteria only, not {criterion!r}")
     if criterion in DATA_DRIVEN:
         if calib is None:
-            raise UsageError(f"criterion {criterion!r} needs calibration data (--calib)")
+            raise UsageError(
+                f"criterion {criterion!r} needs calibration data "
+                "(--calib FILE.npz, or --calib synthetic)"
+            )
         measure = _measurer(graph, analysis, criterion, calib, labels, seed)
         by_group = {}
         for g in analysis.prunable:
