@@ -51,8 +51,11 @@ MORE_PRUNABLE: dict[str, tuple[str, ...]] = {
     # broadcasts over the heads, and the two head groups freeze; torch.export knows it is 1
     "hf_gpt2": ("addmm/Gemm", "addmm_4/Gemm"),
     # stage 0 v_proj (1 head of 32): in the ONNX file the Reshape after the attention merges
-    # the head dim with a dim of unknown size; the export path knows the sequence length
-    "hf_segformer": ("linear_2/MatMul",),
+    # the head dim with a dim of unknown size; the export path knows the sequence length.
+    # The decode head's two projections: in the ONNX file a Reshape with run-time dims freezes
+    # them ("cannot tell where channel axis 1 goes"); the export path knows every shape, and
+    # their Resize to the first stage's size (run-time sizes) passes channels since a057bde
+    "hf_segformer": ("linear_2/MatMul", "linear_12/MatMul", "linear_13/MatMul"),
 }
 # Models whose frozen groups are split differently (the prunable groups are the same): the ONNX
 # file's window-reverse Reshapes have run-time targets the analysis cannot read, which cuts the
