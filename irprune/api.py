@@ -35,10 +35,10 @@ from irprune.frontends.onnx import (
     ModelSource,
     external_files,
     import_model,
-    load_model,
     read_source,
 )
 from irprune.ir import Graph
+from irprune.ir.copy import copy_structure
 from irprune.ir.mapped import release_constants
 from irprune.passes import synthesize
 from irprune.passes.allocation import STRATEGIES, Plan, Target, allocate
@@ -239,7 +239,9 @@ def prune(
     )
     reference_session = _original_session(original_bytes)  # a model ORT cannot load fails here
     t = timer.lap("load", t)
-    synthesis = _synthesis(original, graph, calib, rewrite, seed, dry_run)
+    analysis, cost = _analyse(graph)  # reads shapes and small constants, not the weights
+    t = timer.lap("analysis", t)
+    synthesis = _synthesis(graph, cost, calib, rewrite, seed, dry_run)
     if synthesis is not None:
         calib, rewrite = synthesis.feeds, rewrite or "reconstruct"
         t = timer.lap("synthesize", t)
@@ -252,11 +254,11 @@ def prune(
     del reference_session
     t = timer.lap("reference", t)
     planned = _plan(
-        graph, original, original_bytes, feeds, calib_feeds, labels, target, timer,
+        graph, analysis, cost, original, original_bytes, feeds, calib_feeds, labels, target, timer,
         criterion=criterion, strategy=strategy, round_to=round_to, max_prune=max_prune,
         ignore=ignore, seed=seed, latency_threads=latency_threads,
     )  # fmt: skip
-    analysis, cost, plan = planned.analysis, planned.cost, planned.plan
+    plan = planned.plan
     settings = dict(
         round_to_applied=plan.round_to,
         round_narrow=plan.narrow,
@@ -364,10 +366,8 @@ def _check_options(
 
 @dataclass(frozen=True)
 class _Planned:
-    """What the planning stage hands to the build: analysis, costs, scores and the plan."""
+    """What the planning stage hands to the build: the scores and the plan."""
 
-    analysis: ChannelAnalysis
-    cost: CostModel
     scores: Any
     plan: Plan
     allocation: dict[str, Any]  # allocate's options, reused to re-plan for a latency target
@@ -375,15 +375,8 @@ class _Planned:
     latency_feeds: dict[str, np.ndarray]
 
 
-def _plan(
-    graph: Graph, original: ModelSource, original_bytes: bytes | Path,
-    feeds: dict[str, np.ndarray], calib_feeds: dict[str, np.ndarray] | None, labels: Any,
-    target: Target, timer: _Timer, *, criterion: str, strategy: str, round_to: int,
-    max_prune: float, ignore: Iterable[str | int], seed: int, latency_threads: int,
-) -> _Planned:  # fmt: skip
-    """Analysis, importance, the latency model (for a latency target), sensitivity curves
-    (for that strategy) and allocation; read-only on ``graph``."""
-    t = time.perf_counter()
+def _analyse(graph: Graph) -> tuple[ChannelAnalysis, CostModel]:
+    """The channel groups and the cost model (read-only on ``graph``)."""
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
     if cost.unknown:
@@ -392,7 +385,19 @@ def _plan(
             len(cost.unknown),
             ", ".join(cost.unknown[:5]),
         )
-    t = timer.lap("analysis", t)
+    return analysis, cost
+
+
+def _plan(
+    graph: Graph, analysis: ChannelAnalysis, cost: CostModel, original: ModelSource,
+    original_bytes: bytes | Path,
+    feeds: dict[str, np.ndarray], calib_feeds: dict[str, np.ndarray] | None, labels: Any,
+    target: Target, timer: _Timer, *, criterion: str, strategy: str, round_to: int,
+    max_prune: float, ignore: Iterable[str | int], seed: int, latency_threads: int,
+) -> _Planned:  # fmt: skip
+    """Importance, the latency model (for a latency target), sensitivity curves (for that
+    strategy) and allocation; read-only on ``graph``."""
+    t = time.perf_counter()
     scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds, labels=labels)
     release_constants(graph)  # mapped weights the criterion read leave the resident set
     t = timer.lap("importance", t)
@@ -419,7 +424,7 @@ def _plan(
     )
     plan = allocate(analysis, cost, scores, target, **allocation)  # type: ignore[arg-type]
     t = timer.lap("allocation", t)
-    return _Planned(analysis, cost, scores, plan, allocation, latency_model, latency_feeds)
+    return _Planned(scores, plan, allocation, latency_model, latency_feeds)
 
 
 Pruned = bytes | Staged  # a built model: serialized, or streamed to a staging folder
@@ -658,8 +663,8 @@ def _rewrite(
 
 
 def _synthesis(
-    original: ModelSource,
     graph: Graph,
+    cost: CostModel,
     calib: Any,
     rewrite: str | None,
     seed: int,
@@ -672,15 +677,12 @@ def _synthesis(
     auto = calib is None and rewrite is None and not dry_run and synthesize.AUTO_SYNTHESIS
     if options is None and not auto:
         return None
-
-    def load() -> onnx.ModelProto:
-        # the synthesis imports its own copy; a lazily read file is read whole for it
-        return load_model(original.path) if original.lazy and original.path else original.model
-
+    # the synthesis extends a structural copy of the pipeline's graph (constants shared, not
+    # read again: a lazily read file stays mapped)
     if options is not None:
-        return options.run(load(), seed)
-    macs = build_cost_model(graph, analyze(graph)).evaluate().macs
-    return data_free_calibration(load, Workload(macs, activation_elements(graph)), seed)
+        return synthesize.synthesize(copy_structure(graph), options, seed=seed)
+    work = Workload(cost.evaluate().macs, activation_elements(graph))
+    return data_free_calibration(lambda: copy_structure(graph), work, seed)
 
 
 def _original_session(original: bytes | Path) -> Any:

@@ -391,21 +391,21 @@ def activation_elements(graph: Graph) -> float:
 
 
 def data_free_calibration(
-    load: Callable[[], onnx.ModelProto], work: Workload, seed: int = 0
+    copy: Callable[[], Graph], work: Workload, seed: int = 0
 ) -> Synthesis | None:
     """The default when the user gives no calibration data and no rewrite: synthetic data
     (``auto``: BN inversion, or the folded-BN prior), then ``reconstruct``, when
     ``AUTO_SYNTHESIS`` is on, torch is installed, the model has BN statistics or Conv layers
     and the synthesis is estimated at most ``AUTO_MAX_CPU_SECONDS``; otherwise None (the
-    pipeline falls back to ``compensate``, and a warning says why). ``load`` gives the model;
-    it is called only when the estimate is within the budget (a large model is never read
-    whole for nothing)."""
+    pipeline falls back to ``compensate``, and a warning says why). ``copy`` gives a copy of
+    the model's graph that the synthesis may extend; it is called only when the estimate is
+    within the budget."""
     if not AUTO_SYNTHESIS:
         return None
     options = SyntheticOptions()
     seconds = work.seconds(options)
     over = seconds > AUTO_MAX_CPU_SECONDS
-    graph = None if over or _torch_missing() else import_for_synthesis(load())
+    graph = None if over or _torch_missing() else copy()
     why = _no_synthesis_reason(graph, seconds)
     if graph is None or why is not None:
         anyway = " (or --calib synthetic to synthesise anyway)" if over else ""

@@ -21,6 +21,7 @@ from onnx import helper
 import irprune
 from irprune.errors import MissingDependencyError, UsageError
 from irprune.inputs import check_inputs
+from irprune.ir import Graph
 from irprune.passes import synthesize as syn
 from irprune.passes.calibration import exposed
 from irprune.passes.synthesize import (
@@ -309,19 +310,20 @@ def test_default_data_free_setting_synthesises(
     small_auto: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     model, cheap = _tiny(), syn.Workload(1e4, 1e3)
-    made = syn.data_free_calibration(lambda: model, cheap)
+    made = syn.data_free_calibration(lambda: import_for_synthesis(model), cheap)
     assert made is not None and made.feeds["x"].shape == (8, 3, 8, 8)
     assert made.report["method"] == "bn" and made.report["auto"] is True
-    folded = syn.data_free_calibration(_folded, cheap)
+    folded = syn.data_free_calibration(lambda: import_for_synthesis(_folded()), cheap)
     assert folded is not None and folded.report["method"] == "prior"
     caplog.clear()
-    assert syn.data_free_calibration(_gemm, cheap) is None  # nothing to match
+    gemm = syn.data_free_calibration(lambda: import_for_synthesis(_gemm()), cheap)
+    assert gemm is None  # nothing to match
     assert "no BatchNormalization statistics or Conv" in caplog.text
     assert "compensate" in caplog.text and "--calib FILE.npz" in caplog.text
     assert "synthesise anyway" not in caplog.text
     caplog.clear()
 
-    def unread() -> onnx.ModelProto:
+    def unread() -> Graph:
         raise AssertionError("an over-budget model is not loaded")
 
     assert syn.data_free_calibration(unread, syn.Workload(1e12, 1e3)) is None  # too expensive
