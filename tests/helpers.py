@@ -105,3 +105,23 @@ def _contracted_axis(node: onnx.NodeProto, ranks: Mapping[str, int]) -> int | No
 def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
     scale = max(float(np.max(np.abs(a))), 1e-12)
     return float(np.max(np.abs(a - b))) / scale
+
+
+def stored_as(model: onnx.ModelProto, dtype: int) -> onnx.ModelProto:
+    """Every float initializer stored as ``dtype`` (e.g. FLOAT16, BFLOAT16) and Cast to float
+    where it is read."""
+    casts, stored = [], []
+    for t in model.graph.initializer:
+        array = numpy_helper.to_array(t)
+        if array.dtype == np.float32:
+            array = array.astype(helper.tensor_dtype_to_np_dtype(dtype))
+            casts.append(helper.make_node("Cast", [f"{t.name}_q"], [t.name], to=TensorProto.FLOAT))
+            stored.append(numpy_helper.from_array(array, f"{t.name}_q"))
+        else:
+            stored.append(t)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(stored)
+    nodes = [*casts, *model.graph.node]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model

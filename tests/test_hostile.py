@@ -23,7 +23,7 @@ from irprune.api import prune
 from irprune.cli import main
 from irprune.demo import build_demo_model
 from irprune.emit import verify
-from tests.helpers import IR_VERSION, feeds_for, masked_original, rel_diff, run
+from tests.helpers import IR_VERSION, feeds_for, masked_original, rel_diff, run, stored_as
 from tests.oracles import count_macs
 
 TIME_LIMIT_S = 10.0
@@ -451,21 +451,6 @@ def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _stored_as(model: onnx.ModelProto, dtype: int) -> onnx.ModelProto:
-    """Every initializer stored as ``dtype`` and Cast to float where it is read."""
-    casts, stored = [], []
-    for t in model.graph.initializer:
-        array = numpy_helper.to_array(t).astype(helper.tensor_dtype_to_np_dtype(dtype))
-        stored.append(numpy_helper.from_array(array, f"{t.name}_q"))
-        casts.append(helper.make_node("Cast", [f"{t.name}_q"], [t.name], to=TensorProto.FLOAT))
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(stored)
-    nodes = [*casts, *model.graph.node]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
-
-
 def test_fp16_model_is_pruned_in_fp16(tmp_path: Path, cli: Cli) -> None:
     model = _to_fp16(_around(lambda x, inits, nodes: x))
     pruned, report = _pruned(cli, _save(model, tmp_path / "m.onnx"), 0.5)
@@ -477,7 +462,7 @@ def test_fp16_model_is_pruned_in_fp16(tmp_path: Path, cli: Cli) -> None:
 @pytest.mark.parametrize("dtype", [TensorProto.FLOAT16, TensorProto.BFLOAT16], ids=["fp16", "bf16"])
 def test_weights_stored_narrow_stay_narrow(dtype: int, tmp_path: Path, cli: Cli) -> None:
     """fp16/bf16 weights cast to float at run time: pruned, and still stored narrow."""
-    model = _stored_as(_plain(), dtype)
+    model = stored_as(_plain(), dtype)
     src = _save(model, tmp_path / "m.onnx")
     pruned, report = _pruned(cli, src, 0.5)
     assert _pruned_groups(report) >= 2

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from irprune import prune
 from irprune.demo import build_demo_model
@@ -22,6 +22,7 @@ from irprune.errors import InvalidModelError, VerificationError
 from irprune.frontends.onnx import import_model, map_external, read_source
 from irprune.ir.mapped import is_mapped, release
 from tests.conftest import CliRun
+from tests.helpers import stored_as
 
 FEEDS = {"input": np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)}
 
@@ -42,29 +43,10 @@ def _save_external(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def _stored_as(model: onnx.ModelProto, dtype: int) -> onnx.ModelProto:
-    """Every float initializer stored as ``dtype`` and Cast to float where it is read."""
-    casts, stored = [], []
-    for t in model.graph.initializer:
-        array = numpy_helper.to_array(t)
-        if array.dtype == np.float32:
-            array = array.astype(helper.tensor_dtype_to_np_dtype(dtype))
-            casts.append(helper.make_node("Cast", [f"{t.name}_q"], [t.name], to=TensorProto.FLOAT))
-            stored.append(numpy_helper.from_array(array, f"{t.name}_q"))
-        else:
-            stored.append(t)
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(stored)
-    nodes = [*casts, *model.graph.node]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
-
-
 MODELS = {
     "fp32": build_demo_model,
-    "fp16-stored": lambda: _stored_as(build_demo_model(), TensorProto.FLOAT16),
-    "bf16-stored": lambda: _stored_as(build_demo_model(), TensorProto.BFLOAT16),
+    "fp16-stored": lambda: stored_as(build_demo_model(), TensorProto.FLOAT16),
+    "bf16-stored": lambda: stored_as(build_demo_model(), TensorProto.BFLOAT16),
 }
 
 

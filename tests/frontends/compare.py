@@ -4,10 +4,12 @@ Import only from tests that already skip without torch."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 from irprune.frontends.onnx import import_model
@@ -47,3 +49,13 @@ def torch_outputs(module: Any, feeds: dict[str, np.ndarray], names: list[str]) -
     with torch.no_grad():
         out = module(*(torch.from_numpy(feeds[n]) for n in names))
     return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """torch on one thread: the machines are shared, and small convs run faster this way
+    (autouse in every module that imports it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -33,7 +33,13 @@ from irprune.errors import UnsupportedModelError, UsageError  # noqa: E402
 from irprune.frontends.fx import import_module, to_onnx  # noqa: E402
 from irprune.frontends.fx_opaque import DOMAIN  # noqa: E402
 from irprune.passes.analysis.channels import analyze  # noqa: E402
-from tests.frontends.compare import groups, rel, torch_outputs, widths  # noqa: E402
+from tests.frontends.compare import (  # noqa: E402
+    groups,
+    one_thread,  # noqa: F401 - the autouse fixture
+    rel,
+    torch_outputs,
+    widths,
+)
 
 TOLERANCE = 1e-4
 TARGET = 0.5
@@ -63,14 +69,6 @@ MORE_PRUNABLE: dict[str, tuple[str, ...]] = {
 FROZEN_SPLIT = {"hf_swin"}
 # The ONNX file of SegFormer cannot go below 0.501 of its MACs (5 prunable groups at their floor).
 TARGETS = {"hf_segformer": 0.6}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _cases() -> Iterator[Any]:

@@ -35,7 +35,13 @@ from irprune.frontends.fx import import_module, to_onnx  # noqa: E402
 from irprune.frontends.fx_opaque import DOMAIN  # noqa: E402
 from irprune.passes.analysis.channels import analyze  # noqa: E402
 from tests.conftest import REFERENCE  # noqa: E402
-from tests.frontends.compare import groups, rel, torch_outputs, widths  # noqa: E402
+from tests.frontends.compare import (  # noqa: E402
+    groups,
+    one_thread,  # noqa: F401 - the autouse fixture
+    rel,
+    torch_outputs,
+    widths,
+)
 
 TOLERANCE = 1e-4
 TARGET = 0.5
@@ -69,15 +75,6 @@ def _cases() -> Iterator[Any]:
         names = sorted(FAST)
     for case in names:
         yield pytest.param(case, marks=() if case in FAST else pytest.mark.slow, id=case)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """torch on one thread: the machines are shared, and small convs run faster this way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _subject(
