@@ -178,6 +178,7 @@ def prune(
     calib: str | Path | Mapping[str, np.ndarray] | None = None,
     labels: np.ndarray | Mapping[str, np.ndarray] | None = None,
     round_to: int = DEFAULT_ROUND_TO,
+    strict_rounding: bool = False,
     ignore: Iterable[str | int] = (),
     max_prune: float = DEFAULT_MAX_PRUNE,
     seed: int = 0,
@@ -214,6 +215,11 @@ def prune(
     ``labels`` (without them the loss is distillation from the original outputs). A graph
     whose Conv/Gemm outputs are not normalised (BN folded) trains with temporary BN nodes,
     folded back afterwards (``backends.tempnorm``), unless ``temporary_bn`` is False.
+    Kept widths are multiples of ``round_to`` where the group allows; when that would cut some
+    group by more than half, groups narrower than ``3 * round_to`` round finer (to 8 at the
+    default 16) unless ``strict_rounding``: on CPUs whose kernels work in blocks of 16 channels,
+    finer widths run slower (see the README's zoo measurements), so strict rounding trades some
+    accuracy for speed.
     ``target_latency`` is a fraction of the original's onnxruntime CPU latency at batch
     1 with ``latency_threads`` threads, measured on this machine (see :mod:`passes.latency`).
 
@@ -256,7 +262,7 @@ def prune(
     planned = _plan(
         graph, analysis, cost, original, original_bytes, feeds, calib_feeds, labels, target, timer,
         criterion=criterion, strategy=strategy, round_to=round_to, max_prune=max_prune,
-        ignore=ignore, seed=seed, latency_threads=latency_threads,
+        ignore=ignore, seed=seed, latency_threads=latency_threads, finer=not strict_rounding,
     )  # fmt: skip
     plan = planned.plan
     settings = dict(
@@ -266,6 +272,7 @@ def prune(
         strategy=strategy,
         rewrite=rewrite,
         round_to=round_to,
+        strict_rounding=strict_rounding,
         max_prune=max_prune,
         seed=seed,
         ignore=sorted(planned.allocation["ignore"]),
@@ -291,7 +298,8 @@ def prune(
     del graph  # the build owns it now, and drops it (and its weights) once it is written
     pruned_bytes, outputs = build.run(plan)
     latency = None
-    if planned.latency_model is not None:
+    if target.metric == "latency":
+        assert planned.latency_model is not None
         plan, pruned_bytes, outputs, latency = _meet_latency(
             build, (plan, pruned_bytes, outputs), target, planned.latency_model,
             planned.allocation, planned.scores, planned.latency_feeds,
@@ -394,16 +402,17 @@ def _plan(
     feeds: dict[str, np.ndarray], calib_feeds: dict[str, np.ndarray] | None, labels: Any,
     target: Target, timer: _Timer, *, criterion: str, strategy: str, round_to: int,
     max_prune: float, ignore: Iterable[str | int], seed: int, latency_threads: int,
+    finer: bool = True,
 ) -> _Planned:  # fmt: skip
-    """Importance, the latency model (for a latency target), sensitivity curves (for that
-    strategy) and allocation; read-only on ``graph``."""
+    """Importance, the latency model (for a latency target or strategy), sensitivity curves
+    (for that strategy) and allocation; read-only on ``graph``."""
     t = time.perf_counter()
     scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds, labels=labels)
     release_constants(graph)  # mapped weights the criterion read leave the resident set
     t = timer.lap("importance", t)
     latency_feeds = {k: v[:1] for k, v in feeds.items()}
     latency_model = None
-    if target.metric == "latency":
+    if target.metric == "latency" or strategy == "latency":
         latency_model = build_latency_model(
             graph, analysis, cost, original_bytes, latency_feeds,
             round_to=round_to, max_prune=max_prune, threads=latency_threads,
@@ -421,6 +430,7 @@ def _plan(
         ignore=_resolve_ignore(graph, analysis, ignore),
         curves=curves,
         latency=latency_model,
+        finer=finer,
     )
     plan = allocate(analysis, cost, scores, target, **allocation)  # type: ignore[arg-type]
     t = timer.lap("allocation", t)

@@ -111,6 +111,13 @@ def _prune_parser() -> _Parser:
     p.add_argument("--csgd-lr", type=float, default=0.01, metavar="LR", help="C-SGD SGD step")
     _temporary_bn(p)
     p.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, metavar="N")
+    p.add_argument(
+        "--strict-rounding",
+        action="store_true",
+        help="keep --round-to for every group even where a group then loses more than half "
+        "(by default narrow groups then round finer; finer widths run slower on CPUs whose "
+        "kernels work in blocks of 16 channels)",
+    )
     p.add_argument("--ignore", action="append", default=[], metavar="NODE_OR_GROUP")
     p.add_argument("--max-prune", type=float, default=DEFAULT_MAX_PRUNE, metavar="F")
     p.add_argument("--report", type=Path, metavar="FILE.json")
@@ -185,6 +192,7 @@ def _prune_options(args: argparse.Namespace) -> dict[str, Any]:
         rewrite=args.rewrite,
         calib=args.calib,
         round_to=args.round_to,
+        strict_rounding=args.strict_rounding,
         ignore=args.ignore,
         max_prune=args.max_prune,
         seed=args.seed,

@@ -9,6 +9,11 @@ The contract: the pruned model's cost is at most F x the original and at least (
 - ``sensitivity``: with each group's measured output-error curve (``passes.sensitivity``),
   greedily take the step (N channels of one group) with the least predicted error per MAC
   saved, until the target is met; errors of different groups are assumed to add.
+- ``latency``: with the latency model (``passes.latency``), greedily take the step with the
+  most predicted latency saved per MAC removed, until the target is met: the fastest plan at a
+  MAC target, or the most MACs kept at a latency target. No group goes below half its width
+  while the target can be met that way (a group cut deeper costs accuracy, see ``OVERCUT_KEEP``),
+  else below 3/8, then 1/4, then its floor. Which channels each group keeps follows the scores.
 
 Widths honour a floor per group (``max_prune``: at most that fraction removed, at least one
 channel kept) and ``round_to`` (kept widths are multiples of N tensor channels, or the full
@@ -45,7 +50,7 @@ from irprune.passes.sensitivity import Curves, predicted
 log = logging.getLogger(__name__)
 
 TOLERANCE = 0.02
-STRATEGIES = ("global", "uniform", "sensitivity")
+STRATEGIES = ("global", "uniform", "sensitivity", "latency")
 
 
 @dataclass(frozen=True)
@@ -134,18 +139,20 @@ def allocate(
     ignore: Iterable[int] = (),
     curves: Curves | None = None,
     latency: LatencyModel | None = None,
+    finer: bool = True,
 ) -> Plan:
     """Widths per group for the target; see the module doc. When the plan at the requested
     rounding removes more than ``1 - OVERCUT_KEEP`` of some group while narrow groups were held
-    at coarse steps, it is redone with narrow groups rounded finer (``rounding``)."""
+    at coarse steps, it is redone with narrow groups rounded finer (``rounding``), unless
+    ``finer`` is off (finer widths run slower where kernels work in blocks of channels)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}")
     units = {g.id: unit_channels(analysis, g.id) for g in analysis.prunable}
     args = (analysis, cost, scores, target, strategy, round_to, max_prune, set(ignore), units)
     plan = _allocate(*args, curves=curves, latency=latency)
     channels = np.array([g.size * units[g.id] for g in analysis.prunable])
-    finer = bool((group_steps(channels, plan.round_to) < plan.round_to).any())
-    if finer and _overcut(analysis, plan):
+    narrower = bool((group_steps(channels, plan.round_to) < plan.round_to).any())
+    if finer and narrower and _overcut(analysis, plan):
         log.info("round_to=%d cuts a group by more than half; narrow groups round finer", round_to)
         try:
             plan = _allocate(*args, curves=curves, latency=latency, narrow=True)
@@ -200,6 +207,19 @@ def _allocate(
         sub = _bisect_global(group_scores, allowed, at, budget)
     elif strategy == "uniform":
         sub = _bisect_uniform(allowed, at, budget)
+    elif strategy == "latency":
+        if latency is None:
+            raise ValueError("the latency strategy needs a latency model")
+        model = latency
+
+        def full(sub: np.ndarray) -> np.ndarray:
+            w = base.copy()
+            w[ids] = sub
+            return w
+
+        steps = _LatencySteps(allowed, at, lambda s: cost.macs_at(full(s)),
+                              lambda s: model.at(full(s)))  # fmt: skip
+        sub = steps.run(budget)
     else:
         if curves is None:
             raise ValueError("the sensitivity strategy needs measured curves")
@@ -432,6 +452,67 @@ def _greedy_sensitivity(
         sub[best] = best_width
         cost = at(sub)
     return sub
+
+
+LATENCY_KEEP = (OVERCUT_KEEP, 0.375, 0.25)  # shares tried in turn by the latency strategy
+
+
+@dataclass(frozen=True)
+class _LatencySteps:
+    """The ``latency`` strategy: steps with the most predicted latency saved per MAC first."""
+
+    allowed: _Widths
+    at: Callable[[np.ndarray], float]  # the target's cost
+    macs: Callable[[np.ndarray], float]
+    latency: Callable[[np.ndarray], float]
+
+    def run(self, budget: float) -> np.ndarray:
+        """The highest of ``LATENCY_KEEP`` (a share every group keeps) that meets ``budget``,
+        else down to the floors."""
+        for keep in LATENCY_KEEP:
+            sub = self._greedy(budget, self.allowed.round_up(np.ceil(self.allowed.sizes * keep)))
+            if self.at(sub) <= budget:
+                return self._add_back(sub, budget)
+            log.info("latency strategy: keeping %g of every group cannot meet the target", keep)
+        return self._add_back(self._greedy(budget, self.allowed.floors), budget)
+
+    def _greedy(self, budget: float, floors: np.ndarray) -> np.ndarray:
+        sub = self.allowed.sizes.copy()
+        while self.at(sub) > budget:
+            macs, ms = self.macs(sub), self.latency(sub)
+            best: tuple[float, int, float] | None = None
+            for i in range(len(sub)):
+                width = _step_down(sub[i], self.allowed, i)
+                if width is None or width < floors[i]:
+                    continue
+                trial = _with(sub, i, width)
+                saved = macs - self.macs(trial)
+                gain = (ms - self.latency(trial)) / saved if saved > 0 else -np.inf
+                if best is None or gain > best[0]:
+                    best = (gain, i, width)
+            if best is None:
+                break
+            sub = _with(sub, best[1], best[2])
+        return sub
+
+    def _add_back(self, sub: np.ndarray, budget: float) -> np.ndarray:
+        """Widen by the steps that still fit, least predicted latency per MAC first."""
+        while True:
+            macs, ms = self.macs(sub), self.latency(sub)
+            best: tuple[float, int, float] | None = None
+            for i in range(len(sub)):
+                if sub[i] >= self.allowed.sizes[i]:
+                    continue
+                width = self.allowed.step_up(i, sub[i], self.allowed.step(i, coarse=True))
+                trial = _with(sub, i, width)
+                if self.at(trial) > budget:
+                    continue
+                cost = (self.latency(trial) - ms) / max(self.macs(trial) - macs, 1e-12)
+                if best is None or cost < best[0]:
+                    best = (cost, i, width)
+            if best is None:
+                return sub
+            sub = _with(sub, best[1], best[2])
 
 
 def _step_down(width: float, allowed: _Widths, i: int) -> float | None:

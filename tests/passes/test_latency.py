@@ -152,3 +152,45 @@ def test_allocation_prices_every_step_with_the_latency_model() -> None:
     ratio = model.at(plan.widths) / model.at(cost.base_widths)
     assert plan.ratio == pytest.approx(ratio)
     assert 0.8 - 0.01 <= ratio <= 0.8
+
+
+class _Weighted:
+    """A stand-in latency model where one group's width costs far more than the others'."""
+
+    def __init__(self, heavy: int) -> None:
+        self.heavy = heavy
+
+    def at(self, widths: np.ndarray) -> float:
+        return float(np.sum(widths) + 100.0 * widths[self.heavy])
+
+
+def test_latency_strategy_cuts_first_where_latency_per_mac_is_highest() -> None:
+    from irprune.passes.allocation import Target, allocate
+    from irprune.passes.importance import score
+
+    _, graph, analysis, cost, _, _ = _setup()
+    scores = score(graph, analysis, "l1")
+    prunable = sorted(analysis.prunable, key=lambda g: -g.size)
+    for heavy in (prunable[0].id, prunable[-1].id):
+        plan = allocate(
+            analysis, cost, scores, Target("macs", 0.8), strategy="latency", round_to=1,
+            latency=_Weighted(heavy),  # type: ignore[arg-type]
+        )  # fmt: skip
+        assert 0.78 <= plan.ratio <= 0.8
+        kept = {g.id: plan.widths[g.id] / g.size for g in analysis.prunable}
+        assert kept[heavy] <= 0.55  # cut first, down to about half (the slack refilled)
+        assert min(kept.values()) >= 0.5  # no group below half while the target allows
+        ranked = allocate(analysis, cost, scores, Target("macs", 0.8), round_to=1)
+        assert ranked.widths[heavy] > plan.widths[heavy]  # the ranking alone cuts it less
+
+
+def test_latency_strategy_with_a_mac_target_through_prune(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IRPRUNE_CACHE", str(tmp_path))
+    result = irprune.prune(build_demo_model(), target_flops=0.6, strategy="latency", round_to=8)
+    assert result.report["settings"]["strategy"] == "latency"
+    assert 0.58 <= result.report["cost"]["ratio"]["macs"] <= 0.6
+    assert "rounds" not in result.report["latency"]  # a MAC target is not corrected by timing
+    onnx.checker.check_model(result.model, full_check=True)
+    assert (tmp_path / "latency.json").is_file()  # the op timings it planned with

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
@@ -14,6 +16,7 @@ from irprune.passes.analysis.channels import analyze
 from irprune.passes.analysis.cost import build_cost_model
 from irprune.passes.importance import Scores
 from irprune.passes.rounding import group_step
+from tests.conftest import CliRun
 from tests.helpers import make_model
 
 
@@ -55,14 +58,14 @@ def _chain(widths: list[int]):
     return make_model(nodes, [("x", ["N", 3, 8, 8])], [("out", ["N", 10, 8, 8])], inits)
 
 
-def _plan(target: float):
+def _plan(target: float, *, finer: bool = True):
     graph = _import(_chain([16, 32, 64, 64]))
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
     assert sorted(g.size for g in analysis.prunable) == [16, 32, 64, 64]
     by_group = {g.id: 1.0 + np.linspace(0, 0.01, g.size) for g in analysis.prunable}
     scores = Scores("test", MappingProxyType(by_group))
-    plan = allocate(analysis, cost, scores, Target("macs", target), round_to=16)
+    plan = allocate(analysis, cost, scores, Target("macs", target), round_to=16, finer=finer)
     assert plan.round_to == 16
     assert target - 0.02 <= plan.ratio <= target
     return analysis, plan
@@ -84,6 +87,34 @@ def test_narrow_groups_round_finer_when_16_would_cut_a_group_by_more_than_half()
         assert kept % (8 if g.size < 48 else 16) == 0
         if g.size == 64:
             assert kept >= 32
+
+
+def test_strict_rounding_keeps_multiples_of_16_and_cuts_the_wide_group_instead() -> None:
+    """The same target without finer rounding: every width a multiple of 16, and the trade it
+    makes visible: a 64-wide group loses more than half."""
+    analysis, plan = _plan(0.25, finer=False)
+    assert not plan.narrow
+    assert all(plan.widths[g.id] % 16 == 0 for g in analysis.prunable)
+    assert min(plan.widths[g.id] for g in analysis.prunable if g.size == 64) < 32
+
+
+def test_strict_rounding_through_prune_and_the_cli(tmp_path: Path, cli: CliRun) -> None:
+    from irprune.api import prune
+
+    model = _chain([16, 32, 64, 64])
+    strict = prune(model, target_flops=0.25, dry_run=True, strict_rounding=True)
+    assert strict.report["settings"]["strict_rounding"] is True
+    assert strict.report["settings"]["round_narrow"] is False
+    default = prune(model, target_flops=0.25, dry_run=True)
+    assert default.report["settings"]["strict_rounding"] is False
+    assert default.report["settings"]["round_narrow"] is True
+    path = tmp_path / "chain.onnx"
+    path.write_bytes(model.SerializeToString())
+    plan = tmp_path / "plan.json"
+    code, _, err = cli(path, "--target-flops", "0.25", "--strict-rounding", "--dry-run",
+                       "--report", plan)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(plan.read_text())["settings"]["round_narrow"] is False
 
 
 def test_latency_grid_offers_the_same_widths_as_the_allocation() -> None:
