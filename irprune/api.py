@@ -56,6 +56,7 @@ from irprune.passes.rewrite.recalibrate import (
     reestimate_bn,
 )
 from irprune.passes.rewrite.refit import refit
+from irprune.passes.search import Timing, measured_plan
 from irprune.passes.sensitivity import measure
 from irprune.passes.synthesize import (
     Synthesis,
@@ -276,6 +277,7 @@ def prune(
         max_prune=max_prune,
         seed=seed,
         ignore=sorted(planned.allocation["ignore"]),
+        **({"latency_search": planned.search} if planned.search else {}),
         **({"tracer": original.tracer} if original.tracer else {}),
     )
     if dry_run:
@@ -381,6 +383,7 @@ class _Planned:
     allocation: dict[str, Any]  # allocate's options, reused to re-plan for a latency target
     latency_model: Any
     latency_feeds: dict[str, np.ndarray]
+    search: dict[str, object] | None = None  # the latency strategy's measured refinement
 
 
 def _analyse(graph: Graph) -> tuple[ChannelAnalysis, CostModel]:
@@ -433,8 +436,14 @@ def _plan(
         finer=finer,
     )
     plan = allocate(analysis, cost, scores, target, **allocation)  # type: ignore[arg-type]
+    search = None
+    if strategy == "latency" and target.metric != "latency":
+        plan, search = measured_plan(
+            analysis, cost, scores, target, plan, allocation,
+            lambda w: _probe(original, analysis, w), Timing(latency_feeds, latency_threads), seed,
+        )  # fmt: skip
     t = timer.lap("allocation", t)
-    return _Planned(scores, plan, allocation, latency_model, latency_feeds)
+    return _Planned(scores, plan, allocation, latency_model, latency_feeds, search)
 
 
 Pruned = bytes | Staged  # a built model: serialized, or streamed to a staging folder

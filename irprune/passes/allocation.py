@@ -68,7 +68,7 @@ class Plan:
     narrow: bool = False  # narrow groups rounded finer (``rounding``) to avoid an over-cut
 
 
-class _Widths:
+class Widths:
     """Allowed widths of the prunable groups: floor, rounding, full size.
 
     ``round_to`` counts tensor channels. A group whose unit is a block of ``b`` channels (the
@@ -98,8 +98,8 @@ class _Widths:
         floors = np.maximum(np.ceil(sizes * (1.0 - max_prune)), 1)
         self.floors = np.minimum(self.round_up(floors, raw=True), sizes)
 
-    def halved(self, max_prune: float) -> _Widths:
-        return _Widths(self.sizes, self.n // 2, max_prune, self.units, self.narrow)
+    def halved(self, max_prune: float) -> Widths:
+        return Widths(self.sizes, self.n // 2, max_prune, self.units, self.narrow)
 
     def round_up(self, k: np.ndarray, raw: bool = False) -> np.ndarray:
         up = np.ceil(np.asarray(k, dtype=np.float64) / self.steps) * self.steps
@@ -190,7 +190,7 @@ def _allocate(
     budget = target.fraction * total
     sizes = base[ids]
     blocks = np.array([units[i] for i in ids], dtype=np.int64)
-    allowed = _Widths(sizes, round_to, max_prune, blocks, narrow)
+    allowed = Widths(sizes, round_to, max_prune, blocks, narrow)
 
     def at(sub: np.ndarray) -> float:
         w = base.copy()
@@ -252,20 +252,41 @@ def _allocate(
             + " (channels are too coarse here; choose a target near one of these"
             + (", or a smaller --round-to)" if allowed.n > 1 else ")")
         )
-    kept = {
-        gid: np.sort(np.argsort(-s, kind="stable")[: int(w)])
-        for gid, s, w in zip(ids, group_scores, sub, strict=True)
-        if w < len(s)
-    }
-    return Plan(
-        widths=widths, kept=MappingProxyType(kept), ratio=ratio, round_to=allowed.n, narrow=narrow
-    )
+    return with_widths(scores, widths, ids, ratio, round_to=allowed.n, narrow=narrow)
+
+
+def search_space(
+    analysis: ChannelAnalysis, scores: Scores, plan: Plan, *, max_prune: float,
+    ignore: Iterable[int] = (),
+) -> tuple[list[int], Widths]:  # fmt: skip
+    """The groups the allocation sized for ``plan`` and the widths it could choose for them
+    (``plan``'s rounding), for a search around it (``passes.search``)."""
+    ignored = set(ignore)
+    ids = [g.id for g in analysis.prunable if g.id not in ignored and g.id in scores.by_group]
+    sizes = np.array([analysis.groups[i].size for i in ids], dtype=np.float64)
+    units = np.array([unit_channels(analysis, i) for i in ids], dtype=np.int64)
+    return ids, Widths(sizes, plan.round_to, max_prune, units, plan.narrow)
+
+
+def with_widths(
+    scores: Scores, widths: np.ndarray, ids: Iterable[int], ratio: float, *, round_to: int,
+    narrow: bool,
+) -> Plan:  # fmt: skip
+    """The plan keeping ``widths``: in each of the groups ``ids`` that shrinks, its best-scored
+    channels."""
+    kept = {}
+    for gid in ids:
+        s = np.asarray(scores.by_group[gid])
+        if widths[gid] < len(s):
+            kept[gid] = np.sort(np.argsort(-s, kind="stable")[: int(widths[gid])])
+    return Plan(widths=widths, kept=MappingProxyType(kept), ratio=ratio, round_to=round_to,
+                narrow=narrow)  # fmt: skip
 
 
 def _land_one_group(
     sub: np.ndarray,
     group_scores: list[np.ndarray],
-    allowed: _Widths,
+    allowed: Widths,
     at: Callable[[np.ndarray], float],
     low: float,
     budget: float,
@@ -382,7 +403,7 @@ def _check_feasible(
 
 def _bisect_global(
     group_scores: list[np.ndarray],
-    allowed: _Widths,
+    allowed: Widths,
     at: Callable[[np.ndarray], float],
     budget: float,
 ) -> np.ndarray:
@@ -407,7 +428,7 @@ def _bisect_global(
 
 
 def _bisect_uniform(
-    allowed: _Widths, at: Callable[[np.ndarray], float], budget: float
+    allowed: Widths, at: Callable[[np.ndarray], float], budget: float
 ) -> np.ndarray:
     def widths(frac: float) -> np.ndarray:
         return allowed.round_up(np.round(allowed.sizes * (1.0 - frac)))
@@ -424,7 +445,7 @@ def _bisect_uniform(
 
 def _greedy_sensitivity(
     ids: list[int],
-    allowed: _Widths,
+    allowed: Widths,
     at: Callable[[np.ndarray], float],
     budget: float,
     curves: Curves,
@@ -461,7 +482,7 @@ LATENCY_KEEP = (OVERCUT_KEEP, 0.375, 0.25)  # shares tried in turn by the latenc
 class _LatencySteps:
     """The ``latency`` strategy: steps with the most predicted latency saved per MAC first."""
 
-    allowed: _Widths
+    allowed: Widths
     at: Callable[[np.ndarray], float]  # the target's cost
     macs: Callable[[np.ndarray], float]
     latency: Callable[[np.ndarray], float]
@@ -515,14 +536,14 @@ class _LatencySteps:
             sub = _with(sub, best[1], best[2])
 
 
-def _step_down(width: float, allowed: _Widths, i: int) -> float | None:
+def _step_down(width: float, allowed: Widths, i: int) -> float | None:
     n = allowed.step(i, coarse=True)
     lower = (math.ceil(width / n) - 1) * n
     return float(lower) if lower >= allowed.floors[i] and lower > 0 else None
 
 
 def _next_step_up(
-    sub: np.ndarray, allowed: _Widths, at: Callable[[np.ndarray], float], total: float
+    sub: np.ndarray, allowed: Widths, at: Callable[[np.ndarray], float], total: float
 ) -> float | None:
     """The smallest cost ratio above the current one reachable by widening one group a step."""
     best: float | None = None
@@ -583,7 +604,7 @@ class _Step:
 def _fill(
     sub: np.ndarray,
     group_scores: list[np.ndarray],
-    allowed: _Widths,
+    allowed: Widths,
     step_check: _Step,
     coarse: bool,
 ) -> np.ndarray:

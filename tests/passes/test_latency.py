@@ -192,5 +192,8 @@ def test_latency_strategy_with_a_mac_target_through_prune(
     assert result.report["settings"]["strategy"] == "latency"
     assert 0.58 <= result.report["cost"]["ratio"]["macs"] <= 0.6
     assert "rounds" not in result.report["latency"]  # a MAC target is not corrected by timing
+    search = result.report["settings"]["latency_search"]  # checked against global, refined
+    assert search["start"] in ("latency", "global")
+    assert 0 <= search["kept"] <= search["measured"] <= search["moves"]
     onnx.checker.check_model(result.model, full_check=True)
     assert (tmp_path / "latency.json").is_file()  # the op timings it planned with
