@@ -9,11 +9,12 @@ onnxruntime itself, on this machine:
 1. **Choice.** Its plan and the ``global`` plan at the same target are built and timed against
    each other; the latency plan is kept only when it is faster by more than ``ACCEPT`` (else
    ``global``, which ranks by importance alone).
-2. **Local search.** ``MOVES`` times: widen one random group by a rounding step, narrow another
-   until the target holds again; keep the move when it is faster than the current plan by more
-   than ``ACCEPT``. No group goes below half its width (or below its width in the starting plan,
-   where that is less): cutting deeper costs accuracy (``allocation.OVERCUT_KEEP``); and the
-   cost stays within ``DRIFT`` of the starting plan's, so speed is not bought with fewer MACs.
+2. **Local search.** ``MOVES`` times: widen one random group by a rounding step and narrow
+   another (the first, in random order, that brings the cost back into the window); keep the
+   move when it is faster than the current plan by more than ``ACCEPT``. No group goes below
+   half its width (or below its width in the starting plan, where that is less): cutting deeper
+   costs accuracy (``allocation.OVERCUT_KEEP``); and the cost stays within ``DRIFT`` of the
+   starting plan's, so speed is not bought with fewer MACs.
 
 Each comparison builds both plans (each group's first channels: the time does not depend on
 which) and runs them alternately, ``WARMUP`` + ``RUNS`` times each, median; with one thread the
@@ -78,20 +79,24 @@ class Space:
         return self.low <= self.cost(self.full(sub)) <= self.high
 
     def move(self, sub: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-        """Widen a random group a step and narrow another until the cost is within the target
-        (None when that narrowing would cross a floor or leave the window)."""
+        """Widen a random group a step, then narrow the first of the other groups (in random
+        order) that brings the cost back into the window without crossing its floor; None when
+        none does."""
         wider = np.flatnonzero(sub < self.allowed.sizes)
-        narrower = np.flatnonzero(sub > self.floors)
-        if len(wider) == 0 or len(narrower) == 0:
+        if len(wider) == 0:
             return None
         i = int(rng.choice(wider))
-        j = int(rng.choice(narrower[narrower != i])) if (narrower != i).any() else None
-        if j is None:
-            return None
+        widened = sub.copy()
+        widened[i] = self.allowed.step_up(i, sub[i], self.allowed.step(i, coarse=True))
+        for j in rng.permutation(np.flatnonzero(sub > self.floors)):
+            if j != i and (trial := self._narrow(widened, int(j))) is not None:
+                return trial
+        return None
+
+    def _narrow(self, sub: np.ndarray, j: int) -> np.ndarray | None:
         trial = sub.copy()
-        trial[i] = self.allowed.step_up(i, sub[i], self.allowed.step(i, coarse=True))
+        step = self.allowed.step(j, coarse=True)
         while self.cost(self.full(trial)) > self.high:
-            step = self.allowed.step(j, coarse=True)
             width = (np.ceil(trial[j] / step) - 1) * step
             if width < self.floors[j] or width <= 0:
                 return None
