@@ -38,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -54,7 +54,7 @@ from irprune.api import prune  # noqa: E402
 from irprune.emit import to_model  # noqa: E402
 from irprune.emit.verify import random_inputs, session  # noqa: E402
 from irprune.frontends.onnx import import_model, read_source  # noqa: E402
-from irprune.passes.allocation import Plan, Widths, unit_channels  # noqa: E402
+from irprune.passes.allocation import LatencySteps, Plan, Widths, unit_channels  # noqa: E402
 from irprune.passes.analysis.channels import ChannelAnalysis, analyze  # noqa: E402
 from irprune.passes.analysis.cost import CostModel, build_cost_model  # noqa: E402
 from irprune.passes.fold import fold_constants  # noqa: E402
@@ -147,43 +147,14 @@ def with_width(sub: np.ndarray, i: int, width: float) -> np.ndarray:
 
 
 def fastest(space: Space, latency: LatencyModel) -> np.ndarray:
-    """Greedy: the step with the most predicted latency saved per MAC, until the budget holds;
-    then add back steps that fit, least predicted latency per MAC first."""
-    sub = space.allowed.sizes.astype(np.float64).copy()
-    predict = lambda s: latency.at(space.full(s))  # noqa: E731
-    while space.macs(sub) > space.high:
-        m, t = space.macs(sub), predict(sub)
-        moves = [(i, w) for i in range(len(sub)) if (w := space.down(sub, i)) is not None]
-        gains = [_gain(space, predict, sub, i, w, m, t) for i, w in moves]
-        if not moves or max(gains) == -np.inf:
-            raise NotApplicable("the MAC target is out of reach at these floors")
-        i, w = moves[int(np.argmax(gains))]
-        sub = with_width(sub, i, w)
-    return _add_back(space, predict, sub)
-
-
-def _gain(
-    space: Space, predict: Callable[[np.ndarray], float], sub: np.ndarray, i: int, w: float,
-    macs: float, ms: float,
-) -> float:  # fmt: skip
-    trial = with_width(sub, i, w)
-    saved = macs - space.macs(trial)
-    return (ms - predict(trial)) / saved if saved > 0 else -np.inf
-
-
-def _add_back(space: Space, predict: Callable[[np.ndarray], float], sub: np.ndarray) -> np.ndarray:
-    while True:
-        m, t = space.macs(sub), predict(sub)
-        options = []
-        for i in range(len(sub)):
-            w = space.up(sub, i)
-            if w is None or space.macs(trial := with_width(sub, i, w)) > space.high:
-                continue
-            options.append(((predict(trial) - t) / max(space.macs(trial) - m, 1.0), i, w))
-        if not options:
-            return sub
-        _, i, w = min(options)
-        sub = with_width(sub, i, w)
+    """The latency strategy's two halves (``allocation.LatencySteps``) at this space's floors:
+    the step with the most predicted latency saved per MAC until the budget holds, then the
+    steps that still fit added back, least predicted latency per MAC first."""
+    steps = LatencySteps(space.allowed, space.macs, space.macs, lambda s: latency.at(space.full(s)))
+    sub = steps.greedy(space.high, space.allowed.floors)
+    if space.macs(sub) > space.high:
+        raise NotApplicable("the MAC target is out of reach at these floors")
+    return steps.add_back(sub, space.high)
 
 
 def cpu_ms(models: Sequence[bytes], feeds: dict[str, np.ndarray], runs: int) -> list[float]:

@@ -419,7 +419,7 @@ def _plan(
         latency_model = build_latency_model(
             graph, analysis, cost, original_bytes, latency_feeds,
             round_to=round_to, max_prune=max_prune, threads=latency_threads,
-            probe=lambda widths: _probe(original, analysis, widths),
+            probe=lambda widths: _probe(graph, analysis, widths),
         )  # fmt: skip
         t = timer.lap("latency_model", t)
     curves = None
@@ -440,7 +440,7 @@ def _plan(
     if strategy == "latency" and target.metric != "latency":
         plan, search = measured_plan(
             analysis, cost, scores, target, plan, allocation,
-            lambda w: _probe(original, analysis, w), Timing(latency_feeds, latency_threads), seed,
+            lambda w: _probe(graph, analysis, w), Timing(latency_feeds, latency_threads), seed,
         )  # fmt: skip
     t = timer.lap("allocation", t)
     return _Planned(scores, plan, allocation, latency_model, latency_feeds, search)
@@ -520,12 +520,14 @@ class _Build:
         return pruned_bytes, outputs
 
 
-def _probe(original: ModelSource, analysis: ChannelAnalysis, widths: np.ndarray) -> bytes:
-    """The original with each group cut to ``widths`` (its first channels), for timing only."""
+def _probe(graph: Graph, analysis: ChannelAnalysis, widths: np.ndarray) -> bytes:
+    """``graph`` with each group cut to ``widths`` (its first channels), for timing only; cut
+    on a structural copy (``drop`` assigns new arrays, so the shared constants stay intact),
+    not on a fresh import of the original per probe."""
     kept = {g.id: np.arange(int(widths[g.id])) for g in analysis.groups if widths[g.id] < g.size}
-    graph = _import(original)
-    drop(graph, analysis, Plan(widths=widths, kept=MappingProxyType(kept), ratio=0.0))
-    return to_model(graph).SerializeToString()
+    copy = copy_structure(graph)
+    drop(copy, analysis, Plan(widths=widths, kept=MappingProxyType(kept), ratio=0.0))
+    return to_model(copy).SerializeToString()
 
 
 LATENCY_WINDOW = (0.03, 0.01)  # a measured ratio in [F - 0.03, F + 0.01] is accepted

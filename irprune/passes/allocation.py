@@ -183,7 +183,7 @@ def _allocate(
     latency: LatencyModel | None,
     narrow: bool = False,
 ) -> Plan:
-    ids = [g.id for g in analysis.prunable if g.id not in ignored and g.id in scores.by_group]
+    ids = _sized_ids(analysis, scores, ignored)
     base = cost.base_widths.copy()
     measure = _measure(cost, target, latency)
     total = measure(base)
@@ -192,10 +192,14 @@ def _allocate(
     blocks = np.array([units[i] for i in ids], dtype=np.int64)
     allowed = Widths(sizes, round_to, max_prune, blocks, narrow)
 
-    def at(sub: np.ndarray) -> float:
+    def full(sub: np.ndarray) -> np.ndarray:
+        """The widths of every group, with the sized groups at ``sub``."""
         w = base.copy()
         w[ids] = sub
-        return measure(w)
+        return w
+
+    def at(sub: np.ndarray) -> float:
+        return measure(full(sub))
 
     while allowed.n > 1 and at(allowed.floors) > budget:
         log.info("round_to=%d cannot reach the target; trying %d", allowed.n, allowed.n // 2)
@@ -211,14 +215,8 @@ def _allocate(
         if latency is None:
             raise ValueError("the latency strategy needs a latency model")
         model = latency
-
-        def full(sub: np.ndarray) -> np.ndarray:
-            w = base.copy()
-            w[ids] = sub
-            return w
-
-        steps = _LatencySteps(allowed, at, lambda s: cost.macs_at(full(s)),
-                              lambda s: model.at(full(s)))  # fmt: skip
+        steps = LatencySteps(allowed, at, lambda s: cost.macs_at(full(s)),
+                             lambda s: model.at(full(s)))  # fmt: skip
         sub = steps.run(budget)
     else:
         if curves is None:
@@ -226,8 +224,7 @@ def _allocate(
         sub = _greedy_sensitivity(ids, allowed, at, budget, curves)
 
     def probe(sub: np.ndarray) -> _Step:
-        w = base.copy()
-        w[ids] = sub
+        w = full(sub)
         if target.metric == "latency":  # no incremental form: evaluate the model in full
             return _Step(_FullProbe(measure, w), ids, at, budget)
         return _Step(cost.probe(target.metric, w), ids, at, budget)
@@ -239,8 +236,7 @@ def _allocate(
         # at the price of as few unrounded widths as possible (each one slows its layers).
         one = _land_one_group(sub, group_scores, allowed, at, low, budget)
         sub = one if one is not None else _fill(sub, group_scores, allowed, probe(sub), False)
-    widths = base.copy()
-    widths[ids] = sub
+    widths = full(sub)
     ratio = measure(widths) / total if total else 1.0
     # A latency target is a prediction the caller corrects by measuring: only its bound holds.
     if target.metric != "latency" and ratio < target.fraction - TOLERANCE - 1e-12:
@@ -255,14 +251,18 @@ def _allocate(
     return with_widths(scores, widths, ids, ratio, round_to=allowed.n, narrow=narrow)
 
 
+def _sized_ids(analysis: ChannelAnalysis, scores: Scores, ignored: set[int]) -> list[int]:
+    """The groups the allocation sizes: prunable, scored, not ignored."""
+    return [g.id for g in analysis.prunable if g.id not in ignored and g.id in scores.by_group]
+
+
 def search_space(
     analysis: ChannelAnalysis, scores: Scores, plan: Plan, *, max_prune: float,
     ignore: Iterable[int] = (),
 ) -> tuple[list[int], Widths]:  # fmt: skip
     """The groups the allocation sized for ``plan`` and the widths it could choose for them
     (``plan``'s rounding), for a search around it (``passes.search``)."""
-    ignored = set(ignore)
-    ids = [g.id for g in analysis.prunable if g.id not in ignored and g.id in scores.by_group]
+    ids = _sized_ids(analysis, scores, set(ignore))
     sizes = np.array([analysis.groups[i].size for i in ids], dtype=np.float64)
     units = np.array([unit_channels(analysis, i) for i in ids], dtype=np.int64)
     return ids, Widths(sizes, plan.round_to, max_prune, units, plan.narrow)
@@ -455,7 +455,7 @@ def _greedy_sensitivity(
     while cost > budget:
         best, best_rate, best_width = -1, np.inf, 0.0
         for i, gid in enumerate(ids):
-            width = _step_down(sub[i], allowed, i)
+            width = step_down(sub[i], allowed, i)
             if width is None:
                 continue
             trial = sub.copy()
@@ -479,8 +479,9 @@ LATENCY_KEEP = (OVERCUT_KEEP, 0.375, 0.25)  # shares tried in turn by the latenc
 
 
 @dataclass(frozen=True)
-class _LatencySteps:
-    """The ``latency`` strategy: steps with the most predicted latency saved per MAC first."""
+class LatencySteps:
+    """The ``latency`` strategy: steps with the most predicted latency saved per MAC first
+    (``run``; ``greedy`` and ``add_back`` are its two halves, for a caller with its own floors)."""
 
     allowed: Widths
     at: Callable[[np.ndarray], float]  # the target's cost
@@ -491,20 +492,22 @@ class _LatencySteps:
         """The highest of ``LATENCY_KEEP`` (a share every group keeps) that meets ``budget``,
         else down to the floors."""
         for keep in LATENCY_KEEP:
-            sub = self._greedy(budget, self.allowed.round_up(np.ceil(self.allowed.sizes * keep)))
+            sub = self.greedy(budget, self.allowed.round_up(np.ceil(self.allowed.sizes * keep)))
             if self.at(sub) <= budget:
-                return self._add_back(sub, budget)
+                return self.add_back(sub, budget)
             log.info("latency strategy: keeping %g of every group cannot meet the target", keep)
-        return self._add_back(self._greedy(budget, self.allowed.floors), budget)
+        return self.add_back(self.greedy(budget, self.allowed.floors), budget)
 
-    def _greedy(self, budget: float, floors: np.ndarray) -> np.ndarray:
+    def greedy(self, budget: float, floors: np.ndarray) -> np.ndarray:
+        """From full widths, the best step at a time (none below ``floors``) while the cost
+        exceeds ``budget``; stops early when no step is left."""
         sub = self.allowed.sizes.copy()
         while self.at(sub) > budget:
             macs, ms = self.macs(sub), self.latency(sub)
             best: tuple[float, int, float] | None = None
             for i in range(len(sub)):
-                width = _step_down(sub[i], self.allowed, i)
-                if width is None or width < floors[i]:
+                width = step_down(sub[i], self.allowed, i, floors[i])
+                if width is None:
                     continue
                 trial = _with(sub, i, width)
                 saved = macs - self.macs(trial)
@@ -516,7 +519,7 @@ class _LatencySteps:
             sub = _with(sub, best[1], best[2])
         return sub
 
-    def _add_back(self, sub: np.ndarray, budget: float) -> np.ndarray:
+    def add_back(self, sub: np.ndarray, budget: float) -> np.ndarray:
         """Widen by the steps that still fit, least predicted latency per MAC first."""
         while True:
             macs, ms = self.macs(sub), self.latency(sub)
@@ -536,10 +539,13 @@ class _LatencySteps:
             sub = _with(sub, best[1], best[2])
 
 
-def _step_down(width: float, allowed: Widths, i: int) -> float | None:
+def step_down(width: float, allowed: Widths, i: int, floor: float | None = None) -> float | None:
+    """Group ``i`` one rounding step narrower than ``width``, or None below ``floor`` (default:
+    the group's floor)."""
     n = allowed.step(i, coarse=True)
     lower = (math.ceil(width / n) - 1) * n
-    return float(lower) if lower >= allowed.floors[i] and lower > 0 else None
+    bound = allowed.floors[i] if floor is None else floor
+    return float(lower) if lower >= bound and lower > 0 else None
 
 
 def _next_step_up(

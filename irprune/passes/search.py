@@ -42,6 +42,7 @@ from irprune.passes.allocation import (
     Widths,
     allocate,
     search_space,
+    step_down,
     with_widths,
 )
 from irprune.passes.analysis.channels import ChannelAnalysis
@@ -95,10 +96,9 @@ class Space:
 
     def _narrow(self, sub: np.ndarray, j: int) -> np.ndarray | None:
         trial = sub.copy()
-        step = self.allowed.step(j, coarse=True)
         while self.cost(self.full(trial)) > self.high:
-            width = (np.ceil(trial[j] / step) - 1) * step
-            if width < self.floors[j] or width <= 0:
+            width = step_down(trial[j], self.allowed, j, self.floors[j])
+            if width is None:
                 return None
             trial[j] = width
         return trial if self.fits(trial) else None
