@@ -97,3 +97,35 @@ def _automatic_synthesis_when_marked(
         from irprune.passes import synthesize
 
         monkeypatch.setattr(synthesize, "AUTO_SYNTHESIS", True)
+
+
+# Under CI (IRPRUNE_CI=1, set by .ci/run) a test skipped because a Python package is missing is
+# an error: every package a test imports is declared in the extras the README's command installs.
+STRICT_IMPORTS = os.environ.get("IRPRUNE_CI") == "1"
+_MISSING = ("could not import", "No module named")
+
+
+def _missing_package(longrepr: object) -> str | None:
+    text = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+    return text if any(m in text for m in _MISSING) else None
+
+
+def _fail_on_missing_package(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if not (STRICT_IMPORTS and report.skipped):
+        return
+    reason = _missing_package(report.longrepr)
+    if reason is not None:
+        report.outcome = "failed"
+        report.longrepr = f"skipped for a missing Python package under CI: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    _fail_on_missing_package(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    _fail_on_missing_package(outcome.get_result())
