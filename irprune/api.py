@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -23,7 +23,7 @@ from irprune import report as rep
 from irprune.backends import missing_torch
 from irprune.emit import atomic_write, to_model, verify
 from irprune.emit.stream import STREAM_THRESHOLD, Staged, should_stream, stage, weight_bytes
-from irprune.emit.verify import session
+from irprune.emit.verify import SecondShape, random_inputs, session
 from irprune.errors import (
     InvalidModelError,
     MissingDependencyError,
@@ -65,6 +65,7 @@ from irprune.passes.synthesize import (
     data_free_calibration,
     parse_spec,
 )
+from irprune.shapes import InputShapes
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,7 @@ def prune(
     stream_threshold: int | None = None,
     tracer: str = "auto",
     temporary_bn: bool = True,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Result:
     """Prune ``model`` to the target and return the verified result (nothing is written).
 
@@ -224,6 +226,12 @@ def prune(
     ``target_latency`` is a fraction of the original's onnxruntime CPU latency at batch
     1 with ``latency_threads`` threads, measured on this machine (see :mod:`passes.latency`).
 
+    ``input_shapes`` ({input name: dims}) is the shape the model is deployed at: costs and
+    targets, the reference run, synthesis, fidelity and latency are taken there; without it the
+    calibration data's shapes (batch aside), else the batch rule of :mod:`irprune.shapes`; a
+    symbolic dim still unknown raises ``InputShapeError``. The result keeps every symbolic dim
+    and is also verified at a second shape (``InputShapes.second``) where the original runs.
+
     Large models: a file's external weights are memory-mapped, not read. When the input kept
     its weights in external data or they exceed ``stream_threshold`` bytes (default
     ``emit.stream.STREAM_THRESHOLD``, 1 GiB) the result is written tensor by tensor to a staging
@@ -239,6 +247,10 @@ def prune(
     timer = _Timer()
     t = time.perf_counter()
     original = _load(model, example_inputs, tracer)
+    given_calib = None if parse_spec(calib) is not None else inputs.read_calibration(calib)
+    original = original.with_shapes(input_shapes, inputs.array_shapes(given_calib))
+    shapes = original.shapes
+    assert shapes is not None
     graph = _import(original)
     original_bytes = original.runnable()  # the input file, or serialised once
     large = weight_bytes(graph) > (
@@ -253,17 +265,20 @@ def prune(
         calib, rewrite = synthesis.feeds, rewrite or "reconstruct"
         t = timer.lap("synthesize", t)
     rewrite = rewrite or "compensate"
-    calib_feeds = inputs.calib_feeds(graph, calib)
-    feeds = inputs.run_feeds(reference_session, calib_feeds, seed)
+    where = str(calib) if isinstance(calib, str | Path) and synthesis is None else None
+    calib_feeds = inputs.calib_feeds(graph, synthesis.feeds if synthesis else given_calib, where)
+    feeds = inputs.run_feeds(reference_session, calib_feeds, seed, shapes)
     # The reference run comes first and its session goes before any pass reads the weights:
     # a large model's weights are then never in memory twice (onnxruntime's and the passes').
     reference = None if dry_run else _run_original(reference_session, feeds)
+    second = None if dry_run else _second_shape(reference_session, shapes, seed)
     del reference_session
     t = timer.lap("reference", t)
     planned = _plan(
         graph, analysis, cost, original, original_bytes, feeds, calib_feeds, labels, target, timer,
         criterion=criterion, strategy=strategy, round_to=round_to, max_prune=max_prune,
         ignore=ignore, seed=seed, latency_threads=latency_threads, finer=not strict_rounding,
+        shapes=shapes,
     )  # fmt: skip
     plan = planned.plan
     settings = dict(
@@ -281,7 +296,7 @@ def prune(
         **({"tracer": original.tracer} if original.tracer else {}),
     )
     if dry_run:
-        report = _report(analysis, cost, plan, target, settings, timer)
+        report = _report(analysis, cost, plan, target, settings, timer, shapes, None)
         return Result(original.model, report, analysis, plan)
     assert reference is not None
     csgd = None
@@ -295,7 +310,7 @@ def prune(
     stream = _Stream(original.external, stream_threshold, _stage_dir(stage_dir, model))
     build = _Build(
         original, original_bytes, graph, analysis, rewrite, calib_feeds, seed, timer, feeds,
-        csgd, new_params, stream=stream,
+        csgd, new_params, stream=stream, second=second,
     )  # fmt: skip
     del graph  # the build owns it now, and drops it (and its weights) once it is written
     pruned_bytes, outputs = build.run(plan)
@@ -313,7 +328,7 @@ def prune(
             threads=latency_threads, interleave=not large,
         )  # fmt: skip
         timer.lap("latency", t)
-    report = _report(analysis, cost, plan, target, settings, timer)
+    report = _report(analysis, cost, plan, target, settings, timer, shapes, second)
     report["fidelity"] = rep.fidelity(reference, outputs)
     data_kind = "calibration data" if calib is not None else "random inputs"
     report["fidelity_inputs"] = "synthetic data" if synthesis is not None else data_kind
@@ -405,7 +420,7 @@ def _plan(
     feeds: dict[str, np.ndarray], calib_feeds: dict[str, np.ndarray] | None, labels: Any,
     target: Target, timer: _Timer, *, criterion: str, strategy: str, round_to: int,
     max_prune: float, ignore: Iterable[str | int], seed: int, latency_threads: int,
-    finer: bool = True,
+    shapes: InputShapes, finer: bool = True,
 ) -> _Planned:  # fmt: skip
     """Importance, the latency model (for a latency target or strategy), sensitivity curves
     (for that strategy) and allocation; read-only on ``graph``."""
@@ -413,7 +428,7 @@ def _plan(
     scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds, labels=labels)
     release_constants(graph)  # mapped weights the criterion read leave the resident set
     t = timer.lap("importance", t)
-    latency_feeds = {k: v[:1] for k, v in feeds.items()}
+    latency_feeds = inputs.first_sample(feeds, shapes)
     latency_model = None
     if target.metric == "latency" or strategy == "latency":
         latency_model = build_latency_model(
@@ -491,6 +506,7 @@ class _Build:
     new_params: bool = True  # False under a parameter budget: repairs add no new biases
     extra: dict[str, Any] = field(default_factory=dict)  # what the last rewrite reported
     stream: _Stream = _Stream(False, None, None)
+    second: SecondShape | None = None  # verify at a second input shape too
 
     def run(self, plan: Plan) -> tuple[Pruned, list[np.ndarray]]:
         t = time.perf_counter()
@@ -507,7 +523,7 @@ class _Build:
             del graph  # the weights are in the staged file: free them before onnxruntime runs it
             t = self.timer.lap("emit", t)
             try:
-                outputs = verify(staged.model_path, self.feeds)
+                outputs = verify(staged.model_path, self.feeds, second=self.second)
             except BaseException:
                 staged.discard()
                 raise
@@ -515,7 +531,7 @@ class _Build:
             return staged, outputs
         pruned_bytes = to_model(graph).SerializeToString()
         t = self.timer.lap("emit", t)
-        outputs = verify(pruned_bytes, self.feeds)
+        outputs = verify(pruned_bytes, self.feeds, second=self.second)
         self.timer.lap("verify", t)
         return pruned_bytes, outputs
 
@@ -714,6 +730,27 @@ def _original_session(original: bytes | Path) -> Any:
         raise InvalidModelError(f"onnxruntime cannot load the input model: {text}") from exc
 
 
+def _second_shape(sess: Any, shapes: InputShapes, seed: int) -> SecondShape | None:
+    """Random inputs at the second shape and the original's output shapes on them; None when
+    no input dim is symbolic, or the original does not run there (then the result is verified
+    at the deployment shape only)."""
+    at = shapes.second()
+    if at is None:
+        return None
+    feeds = random_inputs(sess, shapes=at, seed=seed + 1)
+    try:
+        outputs = sess.run(None, feeds)
+    except Exception as exc:  # onnxruntime raises untyped errors
+        log.warning(
+            "the original model does not run at a second input shape (%s): the result is "
+            "verified at %s only",
+            " ".join(str(exc).split())[:200],
+            shapes.describe(),
+        )
+        return None
+    return SecondShape(feeds, tuple(tuple(int(d) for d in np.shape(a)) for a in outputs))
+
+
 def _run_original(sess: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     try:
         return list(sess.run(None, feeds))
@@ -729,6 +766,8 @@ def _report(
     target: Target,
     settings: dict[str, Any],
     timer: _Timer,
+    shapes: InputShapes,
+    second: SecondShape | None,
 ) -> dict[str, Any]:
     before, after = cost.evaluate(), cost.evaluate(plan.widths)
     groups = [
@@ -744,6 +783,10 @@ def _report(
     ]
     return {
         "target": {"metric": target.metric, "fraction": target.fraction},
+        "input_shapes": {
+            **shapes.as_json(),
+            "second": None if second is None else second.describe(),
+        },
         "settings": settings,
         "cost": {
             "before": vars(before),

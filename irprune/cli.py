@@ -61,6 +61,37 @@ def _calib(text: str) -> str | Path:
     return text if parse_spec(text) is not None else Path(text)
 
 
+def _input_shape(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        type=_shape_option,
+        metavar="NAME:D0,D1,...",
+        help="the shape the model is deployed at (repeatable, one per input): costs, targets, "
+        "verification and latency are taken there; default: the calibration data's shapes, "
+        "else a symbolic batch counts 1 (other symbolic dims must be given)",
+    )
+
+
+def _shape_option(text: str) -> tuple[str, tuple[int, ...]]:
+    from irprune.shapes import parse_input_shape
+
+    try:
+        return parse_input_shape(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _shapes(pairs: Sequence[tuple[str, tuple[int, ...]]]) -> dict[str, tuple[int, ...]] | None:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, dims in pairs:
+        if name in shapes:
+            raise UsageError(f"--input-shape {name} is given twice")
+        shapes[name] = dims
+    return shapes or None
+
+
 def _prune_parser() -> _Parser:
     from irprune.api import DEFAULT_MAX_PRUNE, DEFAULT_ROUND_TO, REWRITES
     from irprune.passes.allocation import STRATEGIES
@@ -134,6 +165,7 @@ def _prune_parser() -> _Parser:
         metavar="FILE.html",
         help="the report as one self-contained HTML page (width bars, cost, fidelity, latency)",
     )
+    _input_shape(p)
     p.add_argument("--dry-run", action="store_true", help="analyse and plan; write nothing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency")
@@ -210,6 +242,7 @@ def _prune_options(args: argparse.Namespace) -> dict[str, Any]:
         data=args.data,
         csgd_lr=args.csgd_lr,
         temporary_bn=not args.no_temporary_bn,
+        input_shapes=_shapes(args.input_shape),
     )
 
 
@@ -234,6 +267,7 @@ def _run_inspect(argv: Sequence[str]) -> int:
 
     p = _Parser(prog="irprune inspect", description="Show channel groups and what blocks them.")
     p.add_argument("model", type=Path)
+    _input_shape(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable output")
     out.add_argument(
@@ -249,7 +283,7 @@ def _run_inspect(argv: Sequence[str]) -> int:
     _logging(args)
     if args.dot is not None and str(args.dot) != "-" and not args.dot.resolve().parent.is_dir():
         raise UsageError(f"{args.dot}: the folder {args.dot.parent} does not exist")
-    info = inspect_model(args.model)
+    info = inspect_model(args.model, _shapes(args.input_shape))
     if args.dot is None:
         print(json.dumps(info, indent=2) if args.json else info["text"])
     elif str(args.dot) == "-":

@@ -1,6 +1,6 @@
 """The data a user hands to ``prune``: calibration and training arrays, checked against the
 model's inputs (names, one common batch on axis 0, dtypes, fixed dims), and the inputs of the
-reference run (calibration data, else seeded random inputs)."""
+reference run (calibration data, else seeded random inputs at the deployment shape)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import onnx
 from irprune.emit.verify import random_inputs
 from irprune.errors import CalibrationError
 from irprune.ir import Graph
+from irprune.shapes import InputShapes
 
 
 def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
@@ -56,13 +57,27 @@ def check_inputs(arrays: Mapping[str, np.ndarray], graph: Graph, where: str) -> 
             )
 
 
-def calib_feeds(graph: Graph, calib: Any) -> dict[str, np.ndarray] | None:
-    """Calibration arrays from a mapping (as given) or an .npz path (checked); None: none."""
+def read_calibration(calib: Any) -> dict[str, np.ndarray] | None:
+    """Calibration arrays from a mapping or an .npz path, not yet checked; None: none."""
     if calib is None:
         return None
     if isinstance(calib, Mapping):
         return {k: np.asarray(v) for k, v in calib.items()}
-    return load_calibration(calib, graph)
+    return read_npz(calib)
+
+
+def array_shapes(arrays: Mapping[str, np.ndarray] | None) -> dict[str, tuple[int, ...]] | None:
+    return None if arrays is None else {k: tuple(v.shape) for k, v in arrays.items()}
+
+
+def calib_feeds(graph: Graph, calib: Any, where: str | None = None) -> dict[str, np.ndarray] | None:
+    """Calibration arrays from a mapping or an .npz path, checked against the model's inputs
+    (``where`` names them in errors); None: none."""
+    arrays = read_calibration(calib)
+    if arrays is not None:
+        origin = "calibration data" if isinstance(calib, Mapping) else str(calib)
+        check_inputs(arrays, graph, where or origin)
+    return arrays
 
 
 def training_data(
@@ -82,9 +97,23 @@ def training_data(
 
 
 def run_feeds(
-    sess: Any, calib_feeds: dict[str, np.ndarray] | None, seed: int
+    sess: Any, calib_feeds: dict[str, np.ndarray] | None, seed: int, shapes: InputShapes
 ) -> dict[str, np.ndarray]:
-    """Inputs of the reference run: the calibration data, else 4 seeded random inputs."""
+    """Inputs of the reference run: the calibration data, else seeded random inputs at the
+    deployment shape (4 of them where the batch is symbolic)."""
     if calib_feeds is None:
-        return random_inputs(sess, batch=4, seed=seed)
+        return random_inputs(sess, shapes=shapes.feed_shapes(4), seed=seed)
     return calib_feeds
+
+
+def first_sample(feeds: Mapping[str, np.ndarray], shapes: InputShapes) -> dict[str, np.ndarray]:
+    """The first sample of ``feeds``: every batch axis cut to 1 (``state: [2, batch, 128]``
+    along its axis 1), inputs without a symbolic batch as they are."""
+    out = {}
+    for name, array in feeds.items():
+        index = [slice(None)] * array.ndim
+        for axis in shapes.batch_axes.get(name, ()):
+            if axis < array.ndim:
+                index[axis] = slice(0, 1)
+        out[name] = array[tuple(index)]
+    return out

@@ -15,8 +15,12 @@ from irprune.passes.analysis.cost import build_cost_model
 from irprune.passes.fold import fold_constants
 
 
-def inspect_model(path: str | Path) -> dict[str, Any]:
-    graph = import_model(path)
+def inspect_model(
+    path: str | Path, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, Any]:
+    """Channel groups, what froze each and MAC shares, at the deployment shape
+    (``input_shapes``, see ``irprune.shapes``)."""
+    graph = import_model(path, input_shapes)
     fold_constants(graph)
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
@@ -40,6 +44,7 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "model": str(path),
+        "input_shapes": graph.meta["input_shapes"].as_json(),
         "nodes": len(graph.nodes),
         "macs": total,
         "params": cost.evaluate().params,
@@ -119,12 +124,18 @@ def _sources(sources: Sequence[str]) -> str:
     return shown or "(no source)"
 
 
+def _shape_text(shapes: Mapping[str, Any]) -> str:
+    return ", ".join(
+        f"{name}:{'x'.join(map(str, dims)) or 'scalar'}" for name, dims in shapes["inputs"].items()
+    )
+
+
 def _text(info: dict[str, Any]) -> str:
     groups = info["groups"]
     frozen = [g for g in groups if g["frozen"]]
     lines = [
         f"{info['model']}: {info['nodes']} nodes, {info['macs'] / 1e6:.2f}M MACs, "
-        f"{info['params'] / 1e6:.3f}M params",
+        f"{info['params'] / 1e6:.3f}M params at {_shape_text(info['input_shapes'])}",
         f"{len(groups)} channel groups, {len(groups) - len(frozen)} prunable; "
         f"{info['prunable_macs_share']:.1%} of MACs depend on prunable groups",
         "",

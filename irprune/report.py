@@ -117,6 +117,14 @@ def format_table(report: Mapping[str, Any]) -> str:
     """The human-readable summary printed by the CLI."""
     lines = []
     cost = report["cost"]
+    shapes = report.get("input_shapes")
+    if shapes:
+        at = ", ".join(
+            f"{name}:{'x'.join(map(str, dims)) or 'scalar'}"
+            for name, dims in shapes["inputs"].items()
+        )
+        second = f"; also verified at {shapes['second']}" if shapes.get("second") else ""
+        lines.append(f"costs at input shape {at}{second}")
     lines.append(f"{'':10}{'before':>12}{'after':>12}{'ratio':>9}")
     for key in ("macs", "params", "bytes"):
         b, a = cost["before"][key], cost["after"][key]

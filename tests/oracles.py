@@ -14,7 +14,9 @@ Counting rules (multiply-accumulates, bias additions and elementwise ops not cou
 - MatMul: prod(output dims except the last) * N * K = prod(output dims) * K, with K the last dim
   of A (numpy matmul semantics, rank-1 operands included).
 
-Batch and symbolic dims count as 1. Weight shapes come from the initializers; every other shape
+Graph inputs take the shapes a test gives (the deployment shape): what inference then leaves
+symbolic around a MAC node is read off an onnxruntime run at that shape; otherwise batch and
+symbolic dims count as 1. Weight shapes come from the initializers; every other shape
 from ``onnx.shape_inference.infer_shapes`` run on a copy of the model without its value_info (so
 shapes recorded by whoever wrote the file are not trusted). A shape the oracle needs but cannot
 know (e.g. downstream of an op without a schema) raises ValueError rather than being guessed.
@@ -23,7 +25,7 @@ know (e.g. downstream of an op without a schema) raises ValueError rather than b
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -46,11 +48,21 @@ def _dims(type_proto: onnx.TypeProto) -> _Shape | None:
     return tuple(out)
 
 
-def _known_shapes(model: onnx.ModelProto) -> dict[str, _Shape]:
+def _known_shapes(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, _Shape]:
     """name -> shape for every main-graph value shape inference or the initializers can give."""
     bare = onnx.ModelProto()
     bare.CopyFrom(model)
     bare.graph.ClearField("value_info")
+    for vi in bare.graph.input:
+        if input_shapes and vi.name in input_shapes:
+            dims = vi.type.tensor_type.shape.dim
+            if len(dims) != len(input_shapes[vi.name]):
+                raise ValueError(f"input {vi.name!r}: rank {len(dims)}, shape given differs")
+            for d, size in zip(dims, input_shapes[vi.name], strict=True):
+                d.Clear()
+                d.dim_value = int(size)
     inferred = onnx.shape_inference.infer_shapes(bare, strict_mode=True, data_prop=True)
     shapes: dict[str, _Shape] = {}
     for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
@@ -59,7 +71,43 @@ def _known_shapes(model: onnx.ModelProto) -> dict[str, _Shape]:
             shapes[vi.name] = dims
     for init in model.graph.initializer:  # initializer shapes are the ground truth
         shapes[init.name] = tuple(int(d) for d in init.dims)
+    if input_shapes:
+        shapes.update(_run_shapes(bare, shapes, input_shapes))
     return shapes
+
+
+def _run_shapes(
+    model: onnx.ModelProto, shapes: dict[str, _Shape], input_shapes: Mapping[str, Sequence[int]]
+) -> dict[str, _Shape]:
+    """Shapes inference left symbolic around MAC nodes (run-time Reshape targets), read off one
+    onnxruntime run at ``input_shapes`` with those values exposed as outputs."""
+    import onnxruntime as ort
+
+    names = [
+        name
+        for node in model.graph.node
+        if node.domain in ("", "ai.onnx") and node.op_type in _MACS
+        for name in (*node.input[:2], node.output[0])
+        if name and not all(isinstance(d, int) for d in shapes.get(name, (None,)))
+    ]
+    if not names:
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    extra = [n for n in dict.fromkeys(names) if n not in outputs]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 4
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for inp in sess.get_inputs():
+        dtype = np.float32 if inp.type == "tensor(float)" else np.int64
+        feeds[inp.name] = rng.random(tuple(input_shapes[inp.name])).astype(dtype)
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+    return {n: tuple(int(d) for d in got[n].shape) for n in names}
 
 
 def _size(dims: Sequence[int | str | None]) -> int:
@@ -136,9 +184,12 @@ _MACS = {
 }
 
 
-def count_macs(model: onnx.ModelProto) -> int:
-    """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul nodes of the main graph."""
-    shapes = _known_shapes(model)
+def count_macs(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> int:
+    """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul nodes of the main graph,
+    with the graph inputs at ``input_shapes`` where given (else symbolic dims count 1)."""
+    shapes = _known_shapes(model, input_shapes)
     total = 0
     for node in model.graph.node:
         if node.domain in ("", "ai.onnx") and node.op_type in _MACS:

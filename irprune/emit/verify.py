@@ -1,8 +1,11 @@
 """Verify a model before it is written, and write it atomically.
 
 A model is written only after ``onnx.checker`` (full check), strict ONNX shape inference and an
-onnxruntime session run all pass. The write goes to a temporary file in the destination folder,
-is flushed to disk, then renamed over the destination.
+onnxruntime session run all pass. Given a ``SecondShape``, it also runs at that second input
+shape (a symbolic dim changed) and must give the original's output shapes there; a shape warning
+onnxruntime prints in either run (its declared shapes contradict what it computes) rejects it.
+The write goes to a temporary file in the destination folder, is flushed to disk, then renamed
+over the destination.
 
 A model is given as a ModelProto, its serialized bytes, or the path of a file (a staged model
 with external data, or a lazily read input): a file is checked and run from the path, so a model
@@ -16,8 +19,11 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,18 +60,21 @@ def session(
     optimize: bool = False,
     folder: Path | None = None,
     prepack: bool = True,
+    warnings: bool = False,
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session; graph optimizations off unless asked (for exact comparisons).
 
     A path is loaded by onnxruntime itself (external data mapped, not copied); ``folder`` is
     where an in-memory model's external data files are. ``prepack`` False skips the repacking
     of MatMul/Gemm weights at session start: for sessions that run once (verification, the
-    reference run), where packing costs more than it saves (14 s for a 2.5 GB decoder)."""
+    reference run), where packing costs more than it saves (14 s for a 2.5 GB decoder).
+    ``warnings``: onnxruntime logs warnings (to stderr), for ``captured_warnings``."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 4  # fatal only: run-time errors reach the user as our exceptions
+    # fatal only: run-time errors reach the user as our exceptions
+    opts.log_severity_level = 2 if warnings else 4
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not prepack:
@@ -102,16 +111,24 @@ def _max_ir_version(message: str) -> int | None:
 
 
 def random_inputs(
-    sess: ort.InferenceSession, *, batch: int = 1, seed: int = 0
+    sess: ort.InferenceSession,
+    *,
+    batch: int = 1,
+    seed: int = 0,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Seeded random feeds for every input: symbolic dims become ``batch``."""
+    """Seeded random feeds for every input, at ``shapes`` (``irprune.shapes``) where given;
+    other inputs' symbolic dims become ``batch``."""
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for inp in sess.get_inputs():
         dtype = _ORT_TYPES.get(inp.type)
         if dtype is None:
             raise VerificationError(f"input {inp.name!r} has unsupported type {inp.type}")
-        shape = [d if isinstance(d, int) and d > 0 else batch for d in inp.shape]
+        if shapes is not None and inp.name in shapes:
+            shape = list(shapes[inp.name])
+        else:
+            shape = [d if isinstance(d, int) and d > 0 else batch for d in inp.shape]
         if np.issubdtype(dtype, np.floating):
             feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:
@@ -121,12 +138,31 @@ def random_inputs(
     return feeds
 
 
-def verify(model: ModelData, feeds: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class SecondShape:
+    """Inputs at a second shape (``irprune.shapes.InputShapes.second``) and the shapes of the
+    original model's outputs on them."""
+
+    feeds: Mapping[str, np.ndarray]
+    output_shapes: tuple[tuple[int, ...], ...]
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in self.feeds.items())
+
+
+def verify(
+    model: ModelData,
+    feeds: Mapping[str, np.ndarray] | None = None,
+    *,
+    second: SecondShape | None = None,
+) -> list[np.ndarray]:
     """Check and run ``model``; return its outputs on ``feeds`` (random when None).
 
     ``onnx.checker``'s full check includes strict ONNX shape inference with type checks. Pass the
     serialized bytes when you have them: a large model is then serialized once, not per check.
     A path (a model with external data) is checked, shape-inferred and run from the file.
+    With ``second`` the model also runs there and must match the original's output shapes; a
+    shape warning from onnxruntime in either run fails verification.
     """
     data = model if isinstance(model, bytes | Path) else model.SerializeToString()
     try:
@@ -136,12 +172,59 @@ def verify(model: ModelData, feeds: Mapping[str, np.ndarray] | None = None) -> l
             onnx.checker.check_model(data, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise VerificationError(f"the rewritten model fails onnx.checker: {exc}") from exc
-    try:
-        sess = session(data, prepack=False)
-        run_feeds = dict(feeds) if feeds is not None else random_inputs(sess)
-        return list(sess.run(None, run_feeds))
-    except Exception as exc:  # onnxruntime raises its own untyped exceptions
-        raise VerificationError(f"onnxruntime could not run the rewritten model: {exc}") from exc
+    with captured_warnings() as warned:
+        try:
+            sess = session(data, prepack=False, warnings=True)
+            run_feeds = dict(feeds) if feeds is not None else random_inputs(sess)
+            outputs = list(sess.run(None, run_feeds))
+            again = None if second is None else sess.run(None, dict(second.feeds))
+        except Exception as exc:  # onnxruntime raises its own untyped exceptions
+            raise VerificationError(
+                f"onnxruntime could not run the rewritten model: {exc}"
+            ) from exc
+    _check_warnings(warned)
+    if second is not None and again is not None:
+        got = tuple(tuple(int(d) for d in np.shape(a)) for a in again)
+        if got != second.output_shapes:
+            raise VerificationError(
+                f"at the second input shape ({second.describe()}) the rewritten model's outputs "
+                f"have shapes {list(got)}, the original's {list(second.output_shapes)}"
+            )
+    return outputs
+
+
+_SHAPE_WARNING = re.compile(r"shape|dimension", re.IGNORECASE)
+
+
+def _check_warnings(lines: list[str]) -> None:
+    shape = [line for line in lines if _SHAPE_WARNING.search(line)]
+    for line in lines:
+        if line not in shape:
+            log.info("onnxruntime: %s", line)
+    if shape:
+        raise VerificationError(
+            f"onnxruntime warns that the rewritten model's declared shapes do not hold: "
+            f"{shape[0]}" + (f" (and {len(shape) - 1} more)" if len(shape) > 1 else "")
+        )
+
+
+@contextmanager
+def captured_warnings() -> Iterator[list[str]]:
+    """What onnxruntime writes to the process's stderr (file descriptor 2, which its C++ logger
+    uses) inside the block, as a list of lines filled when the block ends."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+            lines.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _check_file(path: Path) -> None:

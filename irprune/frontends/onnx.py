@@ -19,8 +19,8 @@ Small tensors and tensors in attributes or subgraphs are read into the model whe
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from onnx import external_data_helper, numpy_helper
 
 from irprune.errors import InvalidModelError, UsageError
 from irprune.ir import Graph, Node, Opaque, Shape, Value
+from irprune.shapes import InputShapes, declared_inputs, resolve
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,15 @@ class ModelSource:
     path: Path | None = None
     folder: Path | None = None  # set when weights are still to be read from there
     tracer: str | None = None  # lowered from a torch module by this tracer ("fx" / "export")
+    shapes: InputShapes | None = None  # the deployment shape (irprune.shapes); None: resolve
+
+    def with_shapes(
+        self,
+        given: Mapping[str, Sequence[int]] | None = None,
+        calibration: Mapping[str, Sequence[int]] | None = None,
+    ) -> ModelSource:
+        """This source with its deployment shape resolved (``irprune.shapes.resolve``)."""
+        return replace(self, shapes=resolve(declared_inputs(self.model), given, calibration))
 
     @property
     def lazy(self) -> bool:
@@ -252,22 +262,33 @@ def _check_external_locations(model: onnx.ModelProto, path: Path) -> None:
             raise InvalidModelError(f"{where}: {location!r} is missing")
 
 
-def import_model(source: str | Path | onnx.ModelProto | ModelSource) -> Graph:
+def import_model(
+    source: str | Path | onnx.ModelProto | ModelSource,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> Graph:
     """Load and convert a model to the IR, with inferred shapes on every value we can. External
-    weights of a file (or lazy source) become read-only memory maps."""
+    weights of a file (or lazy source) become read-only memory maps.
+
+    Every value's ``shape`` keeps the model's symbolic dims; its ``sample`` is the shape at the
+    deployment shape (``irprune.shapes``): the source's resolved ``shapes``, else
+    ``input_shapes`` and the batch rule (``InputShapeError`` when a dim stays unknown)."""
     loaded = read_source(source)
+    if loaded.shapes is None:
+        loaded = loaded.with_shapes(input_shapes)
+    assert loaded.shapes is not None
     model = loaded.model
     _check_opsets(model)
     inferred = _infer_shapes(model)
     graph = _Importer(model, inferred, loaded.folder).run()
+    graph.meta["input_shapes"] = loaded.shapes
     if any(_unknown(v.shape) for v in graph.inputs):
-        _attach_samples(graph, _infer_shapes(model, bind=True))
+        _attach_samples(graph, _infer_shapes(model, bind=loaded.shapes.sample))
     _check_sizes(graph)
     missing = [
         v.name for v in graph.values.values() if v.const is None and _unknown(v.sample_shape)
     ]
     if missing:
-        _probe_samples(model, graph, missing, loaded.folder)
+        _probe_samples(model, graph, missing, loaded.folder, loaded.shapes)
         _check_sizes(graph)
     return graph
 
@@ -299,13 +320,18 @@ def _unknown(shape: Shape | None) -> bool:
 
 
 def _probe_samples(
-    model: onnx.ModelProto, graph: Graph, names: list[str], folder: Path | None
+    model: onnx.ModelProto,
+    graph: Graph,
+    names: list[str],
+    folder: Path | None,
+    shapes: InputShapes,
 ) -> None:
     """Shapes shape inference cannot see (run-time shape arithmetic, control-flow outputs), read
     off onnxruntime runs with those values exposed; models onnxruntime cannot run are left as
-    they are. The run at batch 1 gives per-sample shapes; a value shape inference could not type
-    at all also takes its dtype and rank from it, with the dims that change in a run at batch 2
-    left unknown, so the written value_info never pins the batch."""
+    they are. The run at the deployment shape gives per-sample shapes; a value shape inference
+    could not type at all also takes its dtype and rank from it, with the dims that change in a
+    run at the second shape (every symbolic input dim changed) left unknown, so the written
+    value_info never pins a dim the inputs can change."""
     from irprune.emit.verify import random_inputs, session
 
     probe = onnx.ModelProto()
@@ -316,9 +342,10 @@ def _probe_samples(
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
         sess = session(probe, folder=folder)
-        runs = [sess.run(names, random_inputs(sess, batch=1))]
-        if any(graph.values[n].shape is None for n in names):
-            runs.append(sess.run(names, random_inputs(sess, batch=2)))
+        runs = [sess.run(names, random_inputs(sess, shapes=shapes.sample))]
+        second = shapes.second()
+        if second is not None and any(graph.values[n].shape is None for n in names):
+            runs.append(sess.run(names, random_inputs(sess, shapes=second)))
     except Exception as exc:  # onnxruntime raises untyped errors
         log.info("shape probe skipped: %s", _first_line(exc))
         return
@@ -358,21 +385,24 @@ def _check_opsets(model: onnx.ModelProto) -> None:
         )
 
 
-def _infer_shapes(model: onnx.ModelProto, *, bind: bool = False) -> dict[str, onnx.TypeProto]:
+def _infer_shapes(
+    model: onnx.ModelProto, *, bind: Mapping[str, tuple[int, ...]] | None = None
+) -> dict[str, onnx.TypeProto]:
     """Types of every value shape inference can reach, computed on a weight-free skeleton.
 
     The file's own ``value_info`` is a hint, not the truth: shapes are inferred without it and
     with it, and an entry (or what inference derived from it) is kept only where it agrees with
     the inference without it (same dtype and rank, equal static dims). It still carries what
     inference alone cannot see: symbolic dim names, outputs of ops without a schema. With
-    ``bind``, symbolic dims of the graph inputs are set to 1 first (the hints are dropped): dims
-    that depend on the batch through run-time shape arithmetic become known, for per-sample costs.
+    ``bind`` (the deployment shape of each input), the graph inputs take those shapes first
+    (the hints are dropped): dims that depend on them through run-time shape arithmetic become
+    known, for costs at that shape.
     """
     clean = _infer_on_skeleton(model, [], bind=bind)
-    if bind or not model.graph.value_info:
+    if bind is not None or not model.graph.value_info:
         return clean
     try:
-        hinted = _infer_on_skeleton(model, list(model.graph.value_info), bind=False)
+        hinted = _infer_on_skeleton(model, list(model.graph.value_info), bind=None)
     except InvalidModelError as exc:
         log.info("the model's value_info contradicts shape inference (%s); ignored", exc)
         return clean
@@ -397,7 +427,10 @@ def _agree(a: onnx.TypeProto, b: onnx.TypeProto) -> bool:
 
 
 def _infer_on_skeleton(
-    model: onnx.ModelProto, value_info: list[onnx.ValueInfoProto], *, bind: bool
+    model: onnx.ModelProto,
+    value_info: list[onnx.ValueInfoProto],
+    *,
+    bind: Mapping[str, tuple[int, ...]] | None,
 ) -> dict[str, onnx.TypeProto]:
     skeleton = _template(model)
     g, mg = skeleton.graph, model.graph
@@ -411,12 +444,14 @@ def _infer_on_skeleton(
         elif init.name not in graph_inputs:
             vi = onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
             skeleton.graph.input.append(vi)
-    if bind:
-        _bind_inputs(skeleton.graph)
+    if bind is not None:
+        _bind_inputs(skeleton.graph, bind)
+    else:
+        _clear_negative_dims(skeleton.graph)
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
-        if bind:
+        if bind is not None:
             return {}
         raise InvalidModelError(
             f"ONNX shape inference rejects the model: {_first_line(exc)}"
@@ -427,15 +462,25 @@ def _infer_on_skeleton(
     return types
 
 
-def _bind_inputs(graph: onnx.GraphProto) -> None:
+def _bind_inputs(graph: onnx.GraphProto, shapes: Mapping[str, tuple[int, ...]]) -> None:
     inits = {t.name for t in graph.initializer}
     for vi in graph.input:
-        if vi.name in inits or not vi.type.HasField("tensor_type"):
+        if vi.name in inits or vi.name not in shapes or not vi.type.HasField("tensor_type"):
             continue
-        for d in vi.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value"):
-                d.dim_value = 1
+        dims = vi.type.tensor_type.shape.dim
+        for d, size in zip(dims, shapes[vi.name], strict=True):
+            d.Clear()
+            d.dim_value = size
     del graph.value_info[:]
+
+
+def _clear_negative_dims(graph: onnx.GraphProto) -> None:
+    """A dim_value of -1 (paddle2onnx's "any size") is an unnamed dim for inference, not -1."""
+    for vi in graph.input:
+        if vi.type.HasField("tensor_type"):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_value") and d.dim_value < 0:
+                    d.Clear()
 
 
 def _tensor_nbytes(t: onnx.TensorProto) -> int:
@@ -454,7 +499,7 @@ def tensor_shape(tp: onnx.TypeProto) -> tuple[int, Shape | None]:
     for d in tt.shape.dim:
         if d.HasField("dim_value"):
             dims.append(d.dim_value)
-        elif d.HasField("dim_param"):
+        elif d.HasField("dim_param") and d.dim_param:
             dims.append(d.dim_param)
         else:
             dims.append(None)

@@ -143,13 +143,13 @@ def prior_targets(graph: Graph, std: float = 1.0) -> list[StatTarget]:
 
 
 def input_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
-    """Each graph input's per-sample shape; synthesis needs float32 inputs with static dims
-    after the batch axis."""
+    """Each graph input's per-sample shape at the deployment shape (``irprune.shapes``);
+    synthesis needs float32 inputs with known dims after the batch axis."""
     shapes = {}
     for v in graph.inputs:
         if v.is_const:
             continue
-        shape = v.shape
+        shape = v.sample_shape
         if v.dtype not in _FLOAT_INPUTS or shape is None or len(shape) < 1:
             raise UsageError(f"--calib synthetic needs float32 inputs; {v.name!r} is not")
         rest = shape[1:]
@@ -379,12 +379,12 @@ class Workload:
 
 
 def activation_elements(graph: Graph) -> float:
-    """Float elements of one input's intermediate values (static dims after the batch axis);
-    values with dims shape inference could not fix count 0."""
+    """Float elements of one input's intermediate values at the deployment shape (dims after
+    the batch axis); values with dims shape inference could not fix count 0."""
     total = 0
     for node in graph.nodes:
         for v in node.outputs:
-            dims = (v.shape or ())[1:]
+            dims = (v.sample_shape or ())[1:]
             if v.dtype == onnx.TensorProto.FLOAT and dims and all(isinstance(d, int) for d in dims):
                 total += math.prod(dims)  # type: ignore[arg-type]
     return float(total)

@@ -6,6 +6,8 @@ against the masked-original oracle, so a rule that maps indices wrongly fails nu
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import onnx
 from onnx import helper
@@ -29,8 +31,10 @@ def group_of(analysis: ChannelAnalysis, source: str):
     return next(g for g in analysis.groups if any(s.node == source for s in g.sources))
 
 
-def drop_half_and_check(model: onnx.ModelProto, seed: int = 0) -> ChannelAnalysis:
-    graph = import_model(model)
+def drop_half_and_check(
+    model: onnx.ModelProto, seed: int = 0, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> ChannelAnalysis:
+    graph = import_model(model, input_shapes)
     analysis = analyze(graph)
     rng = np.random.default_rng(seed)
     widths = np.array([g.size for g in analysis.groups], dtype=float)

@@ -6,6 +6,7 @@ the masked-original oracle; groups, sizes and freezing reasons are asserted."""
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -51,10 +52,15 @@ def group_of(analysis: ChannelAnalysis, source: str) -> ChannelGroup:
     return group
 
 
-def prune_first_half(model: onnx.ModelProto, check_cost: bool = True) -> onnx.ModelProto:
+def prune_first_half(
+    model: onnx.ModelProto,
+    check_cost: bool = True,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> onnx.ModelProto:
     """Keep the first half of every prunable group; check the cost model against the independent
-    MAC counter before and after (which needs every dim that matters known to ONNX inference)."""
-    graph = import_model(model)
+    MAC counter before and after (which needs every dim that matters known to ONNX inference),
+    both at ``input_shapes``."""
+    graph = import_model(model, input_shapes)
     analysis = analyze(graph)
     cost = build_cost_model(graph, analysis)
     widths = np.array([g.size for g in analysis.groups], dtype=float)
@@ -64,8 +70,8 @@ def prune_first_half(model: onnx.ModelProto, check_cost: bool = True) -> onnx.Mo
     drop(graph, analysis, Plan(widths, kept, 0.0))
     pruned = to_model(graph)
     if check_cost:
-        assert cost.evaluate().macs == pytest.approx(count_macs(model))
-        assert cost.macs_at(widths) == pytest.approx(count_macs(pruned))
+        assert cost.evaluate().macs == pytest.approx(count_macs(model, input_shapes))
+        assert cost.macs_at(widths) == pytest.approx(count_macs(pruned, input_shapes))
     return pruned
 
 
@@ -215,7 +221,7 @@ def test_mask_of_unknown_head_dim_freezes_the_heads() -> None:
     there) may hold one entry per head: the heads are frozen, with the reason."""
     model = encoder(layers=1)
     model.graph.input[1].type.tensor_type.shape.dim[1].dim_param = "M"
-    heads = group_of(analyze(import_model(model)), "l0.q")
+    heads = group_of(analyze(import_model(model, {"mask": (1, H, 1, T)})), "l0.q")
     assert not heads.prunable
     assert any("coupled with 'mask' (a graph input)" in r for r in heads.frozen)
 
@@ -254,11 +260,12 @@ def test_gpt2_conv1d_mlp_with_literal_run_time_shapes() -> None:
     up = b.gelu(conv1d("x", "c_fc", C, F), tanh=True, p="g.")
     b.nodes.append(helper.make_node("Identity", [conv1d(up, "c_proj", F, C)], ["out"]))
     model = make_model(b.nodes, [("x", ["B", "S", C])], [("out", ["B", "S", C])], b.inits)
-    analysis = drop_half_and_check(model)
+    shapes = {"x": (1, 4, C)}
+    analysis = drop_half_and_check(model, input_shapes=shapes)
     mlp = group_of(analysis, "c_fc")
     assert mlp.prunable and mlp.size == F
     assert analysis.layout("c_proj.w", 0) == (Segment(mlp.id, F),)
-    pruned = prune_first_half(model)
+    pruned = prune_first_half(model, input_shapes=shapes)
     consts = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in pruned.graph.initializer}
     assert consts["c_fc.nf"] == [F // 2] and consts["c_proj.nf"] == [C]
 
@@ -529,14 +536,20 @@ def exported(request: pytest.FixtureRequest) -> tuple[str, onnx.ModelProto]:
     return request.param, onnx.load_from_string(buf.getvalue())
 
 
+SEQ8 = {"input_ids": (1, 8), "attention_mask": (1, 8)}  # the deployment shape: 8 tokens
+
+
 def _frozen_reasons(report: dict) -> str:
     return " | ".join(r for g in report["groups"] for r in g["frozen"])
 
 
 def test_exported_model_prunes_to_the_target(exported: tuple[str, onnx.ModelProto]) -> None:
     name, model = exported
-    result = irprune.prune(model, target_flops=0.6, measure_latency=False)
+    result = irprune.prune(
+        model, target_flops=0.6, measure_latency=False, input_shapes={"input_ids": (1, 8)}
+    )
     ratio = result.report["cost"]["ratio"]["macs"]
+    assert count_macs(result.model, SEQ8) / count_macs(model, SEQ8) == pytest.approx(ratio)
     assert 0.58 <= ratio <= 0.6
     mlp = [g for g in result.report["groups"] if g["size"] == (F if name == "bert" else 4 * C)]
     assert len(mlp) == 2 and all(g["kept"] < g["size"] for g in mlp)
@@ -551,7 +564,7 @@ def test_exported_model_prunes_heads_with_symbolic_shapes(
     symbolic = pytest.importorskip("onnxruntime.tools.symbolic_shape_infer")
     name, model = exported
     refined = symbolic.SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    analysis = drop_half_and_check(refined)
+    analysis = drop_half_and_check(refined, input_shapes=SEQ8)
     heads = [g for g in analysis.groups if g.size == H]
     assert len(heads) == 2 and all(g.prunable for g in heads)
     assert len(heads[0].sources) == (3 if name == "bert" else 1)
