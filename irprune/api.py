@@ -23,7 +23,13 @@ from irprune import report as rep
 from irprune.backends import missing_torch
 from irprune.emit import atomic_write, to_model, verify
 from irprune.emit.stream import STREAM_THRESHOLD, Staged, should_stream, stage, weight_bytes
-from irprune.emit.verify import SecondShape, random_inputs, session
+from irprune.emit.verify import (
+    SecondShape,
+    captured_warnings,
+    random_inputs,
+    session,
+    warned_values,
+)
 from irprune.errors import (
     InvalidModelError,
     MissingDependencyError,
@@ -256,7 +262,8 @@ def prune(
     large = weight_bytes(graph) > (
         STREAM_THRESHOLD if stream_threshold is None else stream_threshold
     )
-    reference_session = _original_session(original_bytes)  # a model ORT cannot load fails here
+    with captured_warnings() as warned:  # a model ORT cannot load fails here
+        reference_session = _original_session(original_bytes)
     t = timer.lap("load", t)
     analysis, cost = _analyse(graph)  # reads shapes and small constants, not the weights
     t = timer.lap("analysis", t)
@@ -270,9 +277,11 @@ def prune(
     feeds = inputs.run_feeds(reference_session, calib_feeds, seed, shapes)
     # The reference run comes first and its session goes before any pass reads the weights:
     # a large model's weights are then never in memory twice (onnxruntime's and the passes').
-    reference = None if dry_run else _run_original(reference_session, feeds)
-    second = None if dry_run else _second_shape(reference_session, shapes, seed)
+    with captured_warnings() as warned:
+        reference = None if dry_run else _run_original(reference_session, feeds)
+        second = None if dry_run else _second_shape(reference_session, shapes, seed)
     del reference_session
+    tolerated = _original_warnings(warned)
     t = timer.lap("reference", t)
     planned = _plan(
         graph, analysis, cost, original, original_bytes, feeds, calib_feeds, labels, target, timer,
@@ -310,7 +319,7 @@ def prune(
     stream = _Stream(original.external, stream_threshold, _stage_dir(stage_dir, model))
     build = _Build(
         original, original_bytes, graph, analysis, rewrite, calib_feeds, seed, timer, feeds,
-        csgd, new_params, stream=stream, second=second,
+        csgd, new_params, stream=stream, second=second, tolerated=tolerated,
     )  # fmt: skip
     del graph  # the build owns it now, and drops it (and its weights) once it is written
     pruned_bytes, outputs = build.run(plan)
@@ -507,6 +516,7 @@ class _Build:
     extra: dict[str, Any] = field(default_factory=dict)  # what the last rewrite reported
     stream: _Stream = _Stream(False, None, None)
     second: SecondShape | None = None  # verify at a second input shape too
+    tolerated: frozenset[str] = frozenset()  # values the original's own shapes misdeclare
 
     def run(self, plan: Plan) -> tuple[Pruned, list[np.ndarray]]:
         t = time.perf_counter()
@@ -523,7 +533,9 @@ class _Build:
             del graph  # the weights are in the staged file: free them before onnxruntime runs it
             t = self.timer.lap("emit", t)
             try:
-                outputs = verify(staged.model_path, self.feeds, second=self.second)
+                outputs = verify(
+                    staged.model_path, self.feeds, second=self.second, tolerated=self.tolerated
+                )
             except BaseException:
                 staged.discard()
                 raise
@@ -531,7 +543,7 @@ class _Build:
             return staged, outputs
         pruned_bytes = to_model(graph).SerializeToString()
         t = self.timer.lap("emit", t)
-        outputs = verify(pruned_bytes, self.feeds, second=self.second)
+        outputs = verify(pruned_bytes, self.feeds, second=self.second, tolerated=self.tolerated)
         self.timer.lap("verify", t)
         return pruned_bytes, outputs
 
@@ -722,9 +734,25 @@ def _synthesis(
     return data_free_calibration(lambda: copy_structure(graph), work, seed)
 
 
+def _original_warnings(lines: list[str]) -> frozenset[str]:
+    """The values whose declared shapes onnxruntime finds wrong in the original itself: the
+    written model keeps the original's output declarations, so it may warn on them too."""
+    names = warned_values(lines)
+    for line in lines:
+        log.info("onnxruntime (original model): %s", line)
+    if names:
+        log.warning(
+            "the input model declares shapes its own runs contradict (%s): kept as they are",
+            ", ".join(sorted(names)[:5]),
+        )
+    return names
+
+
 def _original_session(original: bytes | Path) -> Any:
     try:
-        return session(original, prepack=False)  # one run: packing would cost more than it saves
+        # one run: packing would cost more than it saves; warnings (captured) name the values
+        # whose declared shapes the original contradicts
+        return session(original, prepack=False, warnings=True)
     except Exception as exc:  # onnxruntime raises untyped errors
         text = " ".join(str(exc).split())
         raise InvalidModelError(f"onnxruntime cannot load the input model: {text}") from exc

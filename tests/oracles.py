@@ -63,6 +63,10 @@ def _known_shapes(
             for d, size in zip(dims, input_shapes[vi.name], strict=True):
                 d.Clear()
                 d.dim_value = int(size)
+    for vi in bare.graph.output:  # paddle2onnx's -1: "any size", which strict inference refuses
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value < 0:
+                d.Clear()
     inferred = onnx.shape_inference.infer_shapes(bare, strict_mode=True, data_prop=True)
     shapes: dict[str, _Shape] = {}
     for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):

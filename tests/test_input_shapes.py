@@ -194,3 +194,52 @@ def test_report_json_names_the_shape(cli, tmp_path: Path) -> None:
     written = onnx.load(tmp_path / "rec.pruned.onnx")
     ratio = count_macs(written, DEPLOY) / count_macs(recognizer(), DEPLOY)
     assert ratio == pytest.approx(report["cost"]["ratio"]["macs"])
+
+
+def _set_dim(vi: onnx.ValueInfoProto, axis: int, value: int) -> None:
+    dim = vi.type.tensor_type.shape.dim[axis]
+    dim.Clear()
+    dim.dim_value = value
+
+
+def test_paddle_minus_one_dims_on_inputs_and_outputs() -> None:
+    """paddle2onnx's classifier: input ``[-1, 3, '?', '?']``, output ``[-1, 2]`` (dim_value -1):
+    refused as an "impossible shape" before; pruned at the given shape now, declarations kept."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], "c1", kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("Conv", ["ar", "w2"], ["b"], "c2", kernel_shape=[3, 3], pads=[1] * 4),
+        helper.make_node("GlobalAveragePool", ["b"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["out"], "fc", transB=1),
+    ]
+    inits = {"w1": _w(64, 3, 3, 3), "w2": _w(32, 64, 3, 3), "fc": _w(2, 32)}
+    model = make_model(nodes, [("x", [1, 3, "?", "?"])], [("out", [1, 2])], inits)
+    _set_dim(model.graph.input[0], 0, -1)
+    _set_dim(model.graph.output[0], 0, -1)
+    with pytest.raises(InputShapeError, match=r"'x' dim 2; 'x' dim 3"):
+        irprune.prune(model, target_flops=0.5, measure_latency=False)
+    shapes = {"x": (1, 3, 48, 192)}
+    result = irprune.prune(
+        model, target_flops=0.5, measure_latency=False, input_shapes=shapes, round_to=1
+    )
+    assert declared_dims(result.model.graph.output[0]) == [-1, 2]
+    assert declared_dims(result.model.graph.input[0]) == [-1, 3, "?", "?"]
+    ratio = count_macs(result.model, shapes) / count_macs(model, shapes)
+    assert 0.475 <= ratio <= 0.5
+    assert result.report["input_shapes"]["second"] == "x:2x3x64x256"
+
+
+def test_an_original_that_misdeclares_its_output_still_prunes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ddddocr's recognizer declares its output ``[1, seqlen]`` and returns ``[T, 1, C]``:
+    onnxruntime warns on the original too. The pruned model keeps that declaration (outputs
+    survive unchanged) and is not refused for the original's own warning, only for new ones."""
+    model = recognizer()
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("out", 1, ["N", 1, 7]))
+    result = irprune.prune(
+        model, target_flops=0.5, measure_latency=False, input_shapes=DEPLOY, round_to=1
+    )
+    assert declared_dims(result.model.graph.output[0]) == ["N", 1, 7]
+    assert "declares shapes its own runs contradict (out)" in caplog.text

@@ -155,6 +155,7 @@ def verify(
     feeds: Mapping[str, np.ndarray] | None = None,
     *,
     second: SecondShape | None = None,
+    tolerated: frozenset[str] = frozenset(),
 ) -> list[np.ndarray]:
     """Check and run ``model``; return its outputs on ``feeds`` (random when None).
 
@@ -162,7 +163,9 @@ def verify(
     serialized bytes when you have them: a large model is then serialized once, not per check.
     A path (a model with external data) is checked, shape-inferred and run from the file.
     With ``second`` the model also runs there and must match the original's output shapes; a
-    shape warning from onnxruntime in either run fails verification.
+    shape warning from onnxruntime in either run fails verification, except on the values
+    named in ``tolerated`` (those the original model itself warns about: its own declared
+    output shapes are wrong, and the pruned model keeps them as they are).
     """
     data = model if isinstance(model, bytes | Path) else model.SerializeToString()
     try:
@@ -182,7 +185,7 @@ def verify(
             raise VerificationError(
                 f"onnxruntime could not run the rewritten model: {exc}"
             ) from exc
-    _check_warnings(warned)
+    _check_warnings(warned, tolerated)
     if second is not None and again is not None:
         got = tuple(tuple(int(d) for d in np.shape(a)) for a in again)
         if got != second.output_shapes:
@@ -194,10 +197,24 @@ def verify(
 
 
 _SHAPE_WARNING = re.compile(r"shape|dimension", re.IGNORECASE)
+_WARNED_VALUE = re.compile(r"for output (\S+?)(?:\x1b\[m)?$")
 
 
-def _check_warnings(lines: list[str]) -> None:
-    shape = [line for line in lines if _SHAPE_WARNING.search(line)]
+def warned_values(lines: list[str]) -> frozenset[str]:
+    """The values onnxruntime's shape warnings in ``lines`` name."""
+    return frozenset(
+        m.group(1)
+        for line in lines
+        if _SHAPE_WARNING.search(line) and (m := _WARNED_VALUE.search(line)) is not None
+    )
+
+
+def _check_warnings(lines: list[str], tolerated: frozenset[str] = frozenset()) -> None:
+    shape = [
+        line
+        for line in lines
+        if _SHAPE_WARNING.search(line) and not (warned_values([line]) & tolerated)
+    ]
     for line in lines:
         if line not in shape:
             log.info("onnxruntime: %s", line)

@@ -444,10 +444,9 @@ def _infer_on_skeleton(
         elif init.name not in graph_inputs:
             vi = onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
             skeleton.graph.input.append(vi)
+    _clear_negative_dims(skeleton.graph)
     if bind is not None:
         _bind_inputs(skeleton.graph, bind)
-    else:
-        _clear_negative_dims(skeleton.graph)
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
@@ -476,7 +475,7 @@ def _bind_inputs(graph: onnx.GraphProto, shapes: Mapping[str, tuple[int, ...]]) 
 
 def _clear_negative_dims(graph: onnx.GraphProto) -> None:
     """A dim_value of -1 (paddle2onnx's "any size") is an unnamed dim for inference, not -1."""
-    for vi in graph.input:
+    for vi in (*graph.input, *graph.output, *graph.value_info):
         if vi.type.HasField("tensor_type"):
             for d in vi.type.tensor_type.shape.dim:
                 if d.HasField("dim_value") and d.dim_value < 0:
