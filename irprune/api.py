@@ -27,6 +27,7 @@ from irprune.emit.verify import (
     SecondShape,
     captured_warnings,
     random_inputs,
+    run_batched,
     session,
     warned_values,
 )
@@ -781,7 +782,7 @@ def _second_shape(sess: Any, shapes: InputShapes, seed: int) -> SecondShape | No
 
 def _run_original(sess: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     try:
-        return list(sess.run(None, feeds))
+        return run_batched(sess, None, feeds)
     except Exception as exc:  # onnxruntime raises untyped errors
         text = " ".join(str(exc).split())
         raise InvalidModelError(f"onnxruntime cannot run the input model: {text}") from exc

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 
 from irprune.emit import atomic_write, to_model, verify
-from irprune.emit.verify import session
+from irprune.emit.verify import run_batched, session
 from irprune.errors import CalibrationError, UsageError
 from irprune.frontends.onnx import load_model
 from irprune.progress import track
@@ -221,7 +221,7 @@ def _train(
 
 def _teach(teacher: Any, chunk: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = [o.name for o in teacher.get_outputs()]
-    return dict(zip(names, teacher.run(names, dict(chunk)), strict=True))
+    return dict(zip(names, run_batched(teacher, names, chunk), strict=True))
 
 
 def _loss(

@@ -243,3 +243,23 @@ def test_an_original_that_misdeclares_its_output_still_prunes(
     )
     assert declared_dims(result.model.graph.output[0]) == ["N", 1, 7]
     assert "declares shapes its own runs contradict (out)" in caplog.text
+
+
+def test_a_fixed_batch_model_takes_calibration_data_sample_by_sample() -> None:
+    """ddddocr and most detectors declare batch 1: calibration data (batch on axis 0) is run in
+    chunks the model accepts, for the reference run, the repair and verification alike."""
+    model = recognizer()
+    _set_dim(model.graph.input[0], 0, 1)
+    calib = {"x": RNG.standard_normal((6, 3, 32, 64)).astype(np.float32)}
+    with pytest.raises(Exception, match=r"(?i)invalid dimensions|index: 0"):
+        run(model, calib)  # onnxruntime itself refuses the whole batch
+    result = irprune.prune(model, target_flops=0.5, measure_latency=False, calib=calib, round_to=1)
+    assert result.report["input_shapes"]["inputs"] == {"x": [1, 3, 32, 64]}
+    assert result.report["fidelity"]["cosine"] > 0.9
+    expected = np.concatenate(
+        [run(result.model, {"x": calib["x"][k : k + 1]})[0] for k in range(6)]
+    )
+    from irprune.emit.verify import run_batched, session
+
+    (got,) = run_batched(session(result.model), None, calib)
+    np.testing.assert_array_equal(got, expected)

@@ -110,6 +110,38 @@ def _max_ir_version(message: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def run_batched(
+    sess: ort.InferenceSession, names: list[str] | None, feeds: Mapping[str, np.ndarray]
+) -> list[np.ndarray]:
+    """``sess.run``, split into runs the model accepts when its batch is fixed: a model whose
+    input declares axis 0 as 1 (ddddocr, many detectors) takes calibration data (batch on axis
+    0) in chunks of that size; the outputs are joined along axis 0. Inputs whose axis 0 is not
+    the feeds' batch (masks, states) go whole to every run."""
+    arrays = {k: np.asarray(v) for k, v in feeds.items()}
+    total = max((a.shape[0] for a in arrays.values() if a.ndim), default=0)
+    fixed = [
+        inp.shape[0]
+        for inp in sess.get_inputs()
+        if inp.name in arrays
+        and arrays[inp.name].ndim
+        and arrays[inp.name].shape[0] == total
+        and inp.shape
+        and isinstance(inp.shape[0], int)
+        and 0 < inp.shape[0] < total
+    ]
+    if not fixed:
+        return list(sess.run(names, dict(arrays)))
+    size = min(fixed)
+    runs = []
+    for start in range(0, total, size):
+        chunk = {
+            k: a[start : start + size] if a.ndim and a.shape[0] == total else a
+            for k, a in arrays.items()
+        }
+        runs.append(sess.run(names, chunk))
+    return [np.concatenate(parts, axis=0) for parts in zip(*runs, strict=True)]
+
+
 def random_inputs(
     sess: ort.InferenceSession,
     *,
@@ -179,7 +211,7 @@ def verify(
         try:
             sess = session(data, prepack=False, warnings=True)
             run_feeds = dict(feeds) if feeds is not None else random_inputs(sess)
-            outputs = list(sess.run(None, run_feeds))
+            outputs = run_batched(sess, None, run_feeds)
             again = None if second is None else sess.run(None, dict(second.feeds))
         except Exception as exc:  # onnxruntime raises its own untyped exceptions
             raise VerificationError(

@@ -14,7 +14,7 @@ from onnx import helper
 
 from irprune import progress
 from irprune.emit import to_model
-from irprune.emit.verify import session
+from irprune.emit.verify import run_batched, session
 from irprune.ir import Graph, Node
 
 Reducer = Callable[[str, np.ndarray], None]
@@ -86,7 +86,9 @@ def iterate_exposed(
             yield {}
         return
     for chunk in chunks:
-        yield dict(zip(wanted, (np.asarray(a) for a in sess.run(wanted, chunk)), strict=True))
+        yield dict(
+            zip(wanted, (np.asarray(a) for a in run_batched(sess, wanted, chunk)), strict=True)
+        )
 
 
 def run_exposed(

@@ -18,7 +18,7 @@ import numpy as np
 
 from irprune import progress
 from irprune.emit import to_model
-from irprune.emit.verify import session
+from irprune.emit.verify import run_batched, session
 from irprune.ir import Graph, Node, Value
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis
@@ -98,7 +98,7 @@ def measure(
             values = np.zeros(lay.span(m.layout), dtype=np.float32)
             values[lay.positions(m.layout, kept)] = 1.0
             mask_feeds[m.name] = values.reshape(m.shape)
-        return np.asarray(sess.run(None, {**feeds, **mask_feeds})[0], dtype=np.float64)
+        return np.asarray(run_batched(sess, None, {**feeds, **mask_feeds})[0], dtype=np.float64)
 
     reference = run({})
     norm = float(np.linalg.norm(reference)) or 1.0

@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from irprune import progress
 from irprune.emit.onnx import slice_model
-from irprune.emit.verify import session
+from irprune.emit.verify import run_batched, session
 from irprune.ir import Graph, Node, Value
 from irprune.passes.calibration import batches
 
@@ -124,7 +124,7 @@ class Sweep:
             fresh: dict[str, np.ndarray] = {}
             if sess is not None:
                 feeds = {name: self.store.arrays[name][k] for name in inputs}
-                fresh = dict(zip(out_names, sess.run(out_names, feeds), strict=True))
+                fresh = dict(zip(out_names, run_batched(sess, out_names, feeds), strict=True))
             for v in keep:
                 self.store.add(v.name, fresh[v.name])
             yield {v.name: fresh[v.name] if v.name in fresh else self._held(v, k) for v in values}
