@@ -344,6 +344,10 @@ def prune(
     report["fidelity_inputs"] = "synthetic data" if synthesis is not None else data_kind
     if synthesis is not None:
         report["synthetic"] = synthesis.report
+    warning = poor_fidelity(report["fidelity"], report["fidelity_inputs"])
+    if warning is not None:
+        log.warning("%s", warning)
+        report["fidelity_warning"] = warning
     if latency is not None:
         report["latency"] = latency
     report.update(build.extra)
@@ -827,6 +831,34 @@ def _report(
         "groups": groups,
         "timings_s": dict(timer.times),
     }
+
+
+POOR_COSINE = 0.95  # fidelity below this (or top-1 agreement below POOR_TOP1) gets a warning
+POOR_TOP1 = 0.9
+
+
+def poor_fidelity(fidelity: Mapping[str, float | None], inputs: str) -> str | None:
+    """A warning when the pruned model's outputs are far from the original's on the inputs the
+    report used, with the figure and what to pass instead; None when they are close."""
+    cosine, top1 = fidelity["cosine"], fidelity.get("top1_agreement")
+    if (cosine is None or cosine >= POOR_COSINE) and (top1 is None or top1 >= POOR_TOP1):
+        return None
+    figure = f"cosine {cosine:.3f}, relative L2 {fidelity['rel_l2']:.3f}" + (
+        f", top-1 agreement {top1:.2f}" if top1 is not None else ""
+    )
+    if inputs == "calibration data":
+        advice = (
+            "a milder target, or `irprune finetune --teacher` with the original on more "
+            "unlabeled inputs, recovers more"
+        )
+    else:
+        advice = (
+            "pass --calib FILE.npz with about 128 unlabeled inputs from the task (arrays keyed "
+            "by input name, batch on axis 0): the repair is then fitted on real activations"
+        )
+    return (
+        f"the pruned model's outputs are far from the original's on {inputs} ({figure}); {advice}"
+    )
 
 
 def prunable_share(analysis: ChannelAnalysis, cost: CostModel) -> float:

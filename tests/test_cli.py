@@ -261,6 +261,9 @@ def test_dry_run_writes_no_model(
     assert "groups" in plan and RATIO_LO <= plan["cost"]["ratio"]["macs"] <= RATIO_HI
 
 
+FIDELITY_WARNING = "irprune: WARNING: the pruned model's outputs are far from the original's"
+
+
 def test_prune_in_a_subprocess_keeps_stderr_clean(tmp_path: Path, demo_path: Path) -> None:
     # --rewrite: without it and without --calib the default synthesises data (minutes of CPU);
     # that path's stderr is checked in tests/passes/test_synthesize.py
@@ -269,7 +272,10 @@ def test_prune_in_a_subprocess_keeps_stderr_clean(tmp_path: Path, demo_path: Pat
         "--rewrite", "compensate", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
+    # the one line allowed: random weights at half the MACs without data are far from the
+    # original, and the data-free default says so (nothing from onnxruntime, no traceback)
+    lines = proc.stderr.splitlines()
+    assert all(line.startswith(FIDELITY_WARNING) for line in lines), proc.stderr
     assert "wrote out.onnx" in proc.stdout
     ratio = count_macs(onnx.load(str(tmp_path / "out.onnx"))) / count_macs(
         onnx.load(str(demo_path))
