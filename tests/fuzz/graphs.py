@@ -403,11 +403,25 @@ class Case:
     blocks: tuple[str, ...]
     batch: int | str
     narrow: bool = False
+    # the deployment shape when H and W are symbolic in the model (None: static spatial dims)
+    deploy: tuple[int, ...] | None = None
 
     def __repr__(self) -> str:
         opset = self.model.opset_import[0].version
         blocks = list(self.blocks)
-        return f"Case(opset={opset}, batch={self.batch!r}, blocks={blocks}, narrow={self.narrow})"
+        return (
+            f"Case(opset={opset}, batch={self.batch!r}, blocks={blocks}, narrow={self.narrow}, "
+            f"deploy={self.deploy})"
+        )
+
+    def feed_shape(self, batch: int) -> dict[str, tuple[int, ...]]:
+        """The input's shape for a run: the deployment shape (or the static one) at ``batch``
+        where the batch is symbolic."""
+        dims = self.model.graph.input[0].type.tensor_type.shape.dim
+        static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        shape = list(self.deploy) if self.deploy is not None else static
+        shape[0] = self.batch if isinstance(self.batch, int) else batch
+        return {"input": tuple(int(d) for d in shape)}  # type: ignore[arg-type]
 
 
 @st.composite
@@ -416,6 +430,7 @@ def onnx_graphs(draw: Draw, max_blocks: int = 8) -> Case:
     b = Builder(np.random.default_rng(seed), narrow=draw(st.integers(0, 4)) == 0)
     batch: int | str = draw(st.sampled_from(("N", 1, 2)))
     c0, hw = draw(st.integers(1, 4)), draw(st.sampled_from((4, 6, 8)))
+    symbolic = draw(st.integers(0, 3)) == 0  # exporters' [N, C, H, W]: a quarter of the graphs
     x = Tensor("input", c0, hw, hw)
     x = conv(b, x, draw(widths), bn=draw(bn_styles), act=draw(acts))
     extra_outputs: list[tuple[str, list[int]]] = []
@@ -427,15 +442,22 @@ def onnx_graphs(draw: Draw, max_blocks: int = 8) -> Case:
             extra_outputs.append((x.name, [x.c, x.h, x.w]))
     out, shape = _head(b, draw, x)
     outputs = [(out, shape), *[o for o in extra_outputs if o[0] != out]]
+    spatial: list[int | str] = ["H", "W"] if symbolic else [hw, hw]
     graph = helper.make_graph(
         b.nodes,
         "fuzz",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, c0, hw, hw])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [batch, *s]) for n, s in outputs],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, c0, *spatial])],
+        [
+            helper.make_tensor_value_info(
+                n, TensorProto.FLOAT, [batch, s[0], *([None] * len(s[1:]) if symbolic else s[1:])]
+            )
+            for n, s in outputs
+        ],
         b.inits,
     )
     opset = draw(st.sampled_from(OPSETS))
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION
     )
-    return Case(model, tuple(b.ops), batch, b.narrow)
+    deploy = (batch if isinstance(batch, int) else 1, c0, hw, hw) if symbolic else None
+    return Case(model, tuple(b.ops), batch, b.narrow, deploy)

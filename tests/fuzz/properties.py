@@ -9,6 +9,10 @@ with a message that names the target, or returns a model that
   (no shared code);
 - for ``drop``: equals the masked original (tests/helpers.py) within 1e-4 relative.
 
+Graphs with symbolic H and W are pruned at their deployment shape (``input_shapes``, or the
+calibration data's shape), costed there by the oracle, and must run at a second size wherever
+the original does, with the original's output shapes.
+
 Any other exception is a failure.
 """
 
@@ -22,11 +26,12 @@ import onnx
 from hypothesis import strategies as st
 
 from irprune.api import prune
+from irprune.emit.verify import random_inputs, session
 from irprune.errors import TargetError, UnsupportedOpError
 from irprune.passes.importance import DATA_DRIVEN, DATA_FREE
 from irprune.passes.importance.gradient import GRADIENT
 from tests.fuzz.graphs import Case
-from tests.helpers import feeds_for, masked_original, rel_diff, run
+from tests.helpers import masked_original, rel_diff, run
 from tests.oracles import count_macs, count_params
 
 WINDOW = 0.02
@@ -65,8 +70,27 @@ def prune_settings(draw: st.DrawFn) -> Settings:
     )
 
 
-def _calib(model: onnx.ModelProto, batch: int | str, seed: int) -> dict[str, np.ndarray]:
-    return feeds_for(model, batch=batch if isinstance(batch, int) else 8, seed=seed + 1)
+def _calib(case: Case, seed: int) -> dict[str, np.ndarray]:
+    return _feeds(case, 8, seed + 1)
+
+
+def _feeds(case: Case, batch: int, seed: int, scale: int = 1) -> dict[str, np.ndarray]:
+    (shape,) = case.feed_shape(batch).values()
+    if scale != 1:
+        shape = (*shape[:2], *(d * scale for d in shape[2:]))
+    return random_inputs(session(case.model), shapes={"input": shape}, seed=seed)
+
+
+def _second_size(case: Case, pruned: onnx.ModelProto, seed: int) -> None:
+    """Symbolic H and W: where the original runs at twice the size, so does the pruned model,
+    with the same output shapes."""
+    feeds = _feeds(case, 2, seed, scale=2)
+    try:
+        expected = run(case.model, feeds)
+    except Exception:  # onnxruntime: the original itself is fixed to its size (e.g. Flatten->Gemm)
+        return
+    got = run(pruned, feeds)
+    assert [g.shape for g in got] == [e.shape for e in expected], "second size: shapes differ"
 
 
 def _check_target_error(text: str, target: float) -> None:
@@ -106,7 +130,9 @@ def check(case: Case, s: Settings) -> str:
     Returns the outcome: pruned, pruned-masked-checked (drop) or target-error.
     """
     model = case.model
-    calib = _calib(model, case.batch, s.seed) if s.calib else None
+    calib = _calib(case, s.seed) if s.calib else None
+    # without data the deployment shape is given; with data it comes from the data's shape
+    shapes = {"input": case.deploy} if case.deploy is not None and calib is None else None
     try:
         result = prune(
             model,
@@ -120,6 +146,7 @@ def check(case: Case, s: Settings) -> str:
             max_prune=s.max_prune,
             seed=s.seed,
             measure_latency=False,
+            input_shapes=shapes,
         )
     except TargetError as exc:
         _check_target_error(str(exc), s.target)
@@ -133,11 +160,17 @@ def check(case: Case, s: Settings) -> str:
     assert list(pruned.graph.input) == list(model.graph.input), "graph inputs changed"
     assert list(pruned.graph.output) == list(model.graph.output), "graph outputs changed"
     assert list(pruned.opset_import) == list(model.opset_import), "opsets changed"
-    feeds = feeds_for(model, batch=2, seed=s.seed + 2)
+    feeds = _feeds(case, 2, s.seed + 2)
     got = run(pruned, feeds)
     assert all(np.isfinite(o).all() for o in got), "non-finite outputs"
-    count = count_macs if s.metric == "flops" else count_params
-    ratio = count(per_sample(pruned)) / count(per_sample(model))
+    if case.deploy is not None:
+        _second_size(case, pruned, s.seed + 3)
+        assert result.report["input_shapes"]["inputs"]["input"][2:] == list(case.deploy[2:])
+    deploy = {"input": (1, *case.deploy[1:])} if case.deploy is not None else None
+    if s.metric == "flops":
+        ratio = count_macs(per_sample(pruned), deploy) / count_macs(per_sample(model), deploy)
+    else:
+        ratio = count_params(per_sample(pruned)) / count_params(per_sample(model))
     assert s.target - WINDOW - 1e-9 <= ratio <= s.target + 1e-9, (
         f"{s.metric} ratio {ratio:.4f} (oracle) outside [{s.target - WINDOW:.4f}, {s.target:.4f}]"
     )

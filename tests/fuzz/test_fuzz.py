@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from irprune.emit import verify
+from irprune.emit.verify import random_inputs, session
 from tests.fuzz.graphs import Case, onnx_graphs
 from tests.fuzz.properties import Settings, check, prune_settings
 
@@ -29,7 +30,7 @@ FAST = settings(
 def test_generated_graphs_are_valid(case: Case) -> None:
     """The generator itself: every graph passes the checker and runs in onnxruntime."""
     onnx.checker.check_model(case.model, full_check=True)
-    verify(case.model)
+    verify(case.model, random_inputs(session(case.model), shapes=case.feed_shape(2)))
 
 
 @FAST
