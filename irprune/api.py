@@ -119,8 +119,13 @@ class Result:
         except ImportError as exc:
             raise missing_torch("Result.to_torch()", exc) from exc
         if self.staged is not None:  # streamed: the weights are in its data file
-            return from_onnx(onnx.load(str(self.staged.model_path)))
-        return from_onnx(self.model)
+            return from_onnx(onnx.load(str(self.staged.model_path)), input_shapes=self._shapes())
+        return from_onnx(self.model, input_shapes=self._shapes())
+
+    def _shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """The deployment shape the model was pruned at (from the report)."""
+        inputs = self.report.get("input_shapes", {}).get("inputs")
+        return {k: tuple(v) for k, v in inputs.items()} if inputs else None
 
 
 @dataclass

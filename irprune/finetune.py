@@ -111,8 +111,10 @@ def finetune(
     torch, backend = _torch()
     from irprune.backends import torch_norm
 
-    student = backend.import_graph(model)
-    feeds, targets = _data(data, labels, student)
+    arrays = _read(data)
+    student = backend.import_graph(model, data_shapes=_data_shapes(arrays))
+    where = str(data) if isinstance(data, str | Path) else "data"
+    feeds, targets = _data(arrays, labels, student, where)
     start = time.perf_counter()
     normalise = temporary_bn and not freeze_bn
     module, normalised = torch_norm.prepare(student, feeds, enabled=normalise)
@@ -150,24 +152,36 @@ def _torch() -> tuple[Any, Any]:
     return torch, backend
 
 
+def _read(data: str | Path | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from irprune.inputs import read_npz
+
+    return read_npz(data) if isinstance(data, str | Path) else dict(data)
+
+
+def _data_shapes(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """The training data's shapes (batch on axis 0), for models with symbolic input dims;
+    arrays that are not model inputs (labels) are ignored by the shape resolution."""
+    return {k: tuple(np.shape(v)) for k, v in arrays.items()}
+
+
 def _data(
-    data: str | Path | Mapping[str, np.ndarray],
+    given: Mapping[str, np.ndarray],
     labels: str | np.ndarray | Mapping[str, np.ndarray] | None,
     graph: Any,
+    where: str,
 ) -> tuple[dict[str, np.ndarray], dict[int | str, np.ndarray]]:
-    from irprune.inputs import check_inputs, read_npz
+    from irprune.inputs import check_inputs
 
-    arrays = read_npz(data) if isinstance(data, str | Path) else dict(data)
+    arrays = dict(given)
     targets: dict[int | str, np.ndarray] = {}
     if isinstance(labels, str):
         if labels not in arrays:
-            raise CalibrationError(f"{data}: no labels array {labels!r} (has {sorted(arrays)})")
+            raise CalibrationError(f"{where}: no labels array {labels!r} (has {sorted(arrays)})")
         targets[0] = arrays.pop(labels)
     elif isinstance(labels, Mapping):
         targets.update(labels)
     elif labels is not None:
         targets[0] = np.asarray(labels)
-    where = str(data) if isinstance(data, str | Path) else "data"
     check_inputs(arrays, graph, where)
     rows = len(next(iter(arrays.values())))
     for key, array in targets.items():

@@ -263,3 +263,20 @@ def test_a_fixed_batch_model_takes_calibration_data_sample_by_sample() -> None:
 
     (got,) = run_batched(session(result.model), None, calib)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_torch_backend_and_finetune_take_the_shape_from_the_prune_or_the_data() -> None:
+    """``Result.to_torch()`` builds the module at the shape the model was pruned at, and
+    ``irprune.finetune`` at its training data's shape: neither asks again."""
+    torch = pytest.importorskip("torch")
+    result = irprune.prune(
+        recognizer(), target_flops=0.5, measure_latency=False, input_shapes=DEPLOY, round_to=1
+    )
+    x = RNG.standard_normal((2, 3, 32, 64)).astype(np.float32)
+    module = result.to_torch()
+    with torch.no_grad():
+        (got,) = module.run({"x": x})
+    (expected,) = run(result.model, {"x": x})
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
+    tuned = irprune.finetune(result.model, {"x": x}, teacher=recognizer(), epochs=1, batch=2)
+    assert declared_dims(tuned.model.graph.input[0]) == ["N", 3, "H", "W"]

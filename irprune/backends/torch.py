@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from irprune.backends.torch_ops import OPS, Call, OpFn, batch_norm_training
 from irprune.emit import atomic_write, to_model, verify
 from irprune.errors import UnsupportedOpError, UsageError
-from irprune.frontends.onnx import import_model, load_model
+from irprune.frontends.onnx import ModelSource, import_model, load_model
 from irprune.ir import Graph, Node, Value
 from irprune.ir.copy import copy_structure
 from irprune.passes.fold import fold_constants
@@ -257,18 +257,29 @@ def from_graph(graph: Graph, *, trainable: Trainable | None = None) -> GraphModu
     return GraphModule(graph, trainable=trainable)
 
 
-def import_graph(model: str | Path | onnx.ModelProto) -> Graph:
-    """The IR of an ONNX model as ``irprune.prune`` sees it: imported, constants folded."""
-    graph = import_model(load_model(model))
+def import_graph(
+    model: str | Path | onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    data_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> Graph:
+    """The IR of an ONNX model as ``irprune.prune`` sees it: imported at ``input_shapes`` (the
+    deployment shape, needed where a non-batch input dim is symbolic), else at the shapes of
+    the data it will run on (``data_shapes``, batch on axis 0), constants folded."""
+    source = ModelSource(load_model(model)).with_shapes(input_shapes, data_shapes)
+    graph = import_model(source)
     fold_constants(graph)
     return graph
 
 
 def from_onnx(
-    model: str | Path | onnx.ModelProto, *, trainable: Trainable | None = None
+    model: str | Path | onnx.ModelProto,
+    *,
+    trainable: Trainable | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> GraphModule:
-    """A trainable module of an ONNX model (a path or a ModelProto, pruned or not)."""
-    return GraphModule(import_graph(model), trainable=trainable)
+    """A trainable module of an ONNX model (a path or a ModelProto, pruned or not);
+    ``input_shapes`` as for ``irprune.prune`` where the model's input dims are symbolic."""
+    return GraphModule(import_graph(model, input_shapes), trainable=trainable)
 
 
 def to_onnx(module: GraphModule) -> onnx.ModelProto:
