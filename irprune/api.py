@@ -52,7 +52,7 @@ from irprune.passes.allocation import STRATEGIES, Plan, Target, allocate
 from irprune.passes.analysis.channels import ChannelAnalysis, analyze
 from irprune.passes.analysis.cost import CostModel, build_cost_model
 from irprune.passes.fold import fold_constants
-from irprune.passes.importance import CRITERIA, Scores, score
+from irprune.passes.importance import AUTO, CRITERIA, Scores, score
 from irprune.passes.latency import LatencyModel, build_latency_model
 from irprune.passes.rewrite.drop import drop
 from irprune.passes.rewrite.merge import cluster_groups, merge
@@ -186,7 +186,7 @@ def prune(
     target_flops: float | None = None,
     target_params: float | None = None,
     target_latency: float | None = None,
-    criterion: str = "l1",
+    criterion: str = "auto",
     strategy: str = "global",
     rewrite: str | None = None,
     calib: str | Path | Mapping[str, np.ndarray] | None = None,
@@ -293,13 +293,14 @@ def prune(
         graph, analysis, cost, original, original_bytes, feeds, calib_feeds, labels, target, timer,
         criterion=criterion, strategy=strategy, round_to=round_to, max_prune=max_prune,
         ignore=ignore, seed=seed, latency_threads=latency_threads, finer=not strict_rounding,
-        shapes=shapes,
+        shapes=shapes, synthetic=synthesis is not None,
     )  # fmt: skip
     plan = planned.plan
     settings = dict(
         round_to_applied=plan.round_to,
         round_narrow=plan.narrow,
-        criterion=criterion,
+        criterion=planned.scores.criterion,
+        **({"criterion_asked": criterion} if criterion != planned.scores.criterion else {}),
         strategy=strategy,
         rewrite=rewrite,
         round_to=round_to,
@@ -439,12 +440,14 @@ def _plan(
     feeds: dict[str, np.ndarray], calib_feeds: dict[str, np.ndarray] | None, labels: Any,
     target: Target, timer: _Timer, *, criterion: str, strategy: str, round_to: int,
     max_prune: float, ignore: Iterable[str | int], seed: int, latency_threads: int,
-    shapes: InputShapes, finer: bool = True,
+    shapes: InputShapes, synthetic: bool = False, finer: bool = True,
 ) -> _Planned:  # fmt: skip
     """Importance, the latency model (for a latency target or strategy), sensitivity curves
     (for that strategy) and allocation; read-only on ``graph``."""
     t = time.perf_counter()
-    scores = score(graph, analysis, criterion, seed=seed, calib=calib_feeds, labels=labels)
+    # ``auto`` measures on the user's data only, not on data synthesised from the model
+    data = None if criterion == AUTO and synthetic else calib_feeds
+    scores = score(graph, analysis, criterion, seed=seed, calib=data, labels=labels)
     release_constants(graph)  # mapped weights the criterion read leave the resident set
     t = timer.lap("importance", t)
     latency_feeds = inputs.first_sample(feeds, shapes)

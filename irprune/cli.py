@@ -112,7 +112,13 @@ def _prune_parser() -> _Parser:
     p.add_argument(
         "--in-place", action="store_true", help="replace MODEL with the result (atomically)"
     )
-    p.add_argument("--criterion", choices=CRITERIA, default="l1")
+    p.add_argument(
+        "--criterion",
+        choices=CRITERIA,
+        default="auto",
+        help="auto: taylor with --calib (torch extra; l1 where torch cannot run the graph), "
+        "else l1",
+    )
     p.add_argument(
         "--strategy",
         choices=STRATEGIES,

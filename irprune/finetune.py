@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ from irprune.emit import atomic_write, to_model, verify
 from irprune.emit.verify import run_batched, session
 from irprune.errors import CalibrationError, UsageError
 from irprune.frontends.onnx import load_model
+from irprune.passes.calibration import limit_batch
 from irprune.progress import track
 
 if TYPE_CHECKING:
@@ -115,6 +116,10 @@ def finetune(
     student = backend.import_graph(model, data_shapes=_data_shapes(arrays))
     where = str(data) if isinstance(data, str | Path) else "data"
     feeds, targets = _data(arrays, labels, student, where)
+    fixed = limit_batch(student, batch)
+    if fixed < batch:
+        log.info("the model fixes its batch at %d: it trains in batches of that size", fixed)
+        setup = replace(setup, batch=fixed)
     start = time.perf_counter()
     normalise = temporary_bn and not freeze_bn
     module, normalised = torch_norm.prepare(student, feeds, enabled=normalise)

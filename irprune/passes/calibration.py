@@ -51,6 +51,23 @@ def levels(graph: Graph, targets: Iterable[Node]) -> list[list[Node]]:
     return [by_level[k] for k in sorted(by_level)]
 
 
+def fixed_batch(graph: Graph) -> int | None:
+    """The batch a model's inputs fix on axis 0 (ddddocr and many detectors declare 1), which
+    every run on calibration data must be chunked to; None when the batch is symbolic."""
+    fixed = [
+        v.shape[0]
+        for v in graph.inputs
+        if not v.is_const and v.shape and isinstance(v.shape[0], int) and v.shape[0] > 0
+    ]
+    return min(fixed) if fixed else None
+
+
+def limit_batch(graph: Graph, batch: int) -> int:
+    """``batch``, or the model's fixed batch where that is smaller."""
+    fixed = fixed_batch(graph)
+    return batch if fixed is None else min(batch, fixed)
+
+
 def batch_count(feeds: Mapping[str, np.ndarray], size: int) -> int:
     total = len(next(iter(feeds.values())))
     return -(-total // size)

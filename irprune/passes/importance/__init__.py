@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from irprune.errors import UsageError
+from irprune.errors import MissingDependencyError, UnsupportedOpError, UsageError
 from irprune.ir import Graph
 from irprune.passes.analysis.channels import ChannelAnalysis, ChannelGroup
 from irprune.passes.importance import activation, filters, gradient, magnitude
@@ -33,7 +33,10 @@ DATA_FREE: Mapping[str, Criterion] = MappingProxyType(
     }
 )
 DATA_DRIVEN = ("apoz", "activation", *gradient.GRADIENT)
-CRITERIA = (*DATA_FREE, *DATA_DRIVEN)
+# ``auto``: ``taylor`` when the user gives calibration data and the torch backend runs the
+# graph, else ``l1`` (measured on pretrained third-party models, docs/real_models.md)
+AUTO = "auto"
+CRITERIA = (AUTO, *DATA_FREE, *DATA_DRIVEN)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ def score(
     one array for the first output, or arrays keyed by output name) are used by the gradient
     criteria only; without them those use the distillation loss against the graph's outputs.
     """
+    if criterion == AUTO:
+        return _auto(graph, analysis, seed=seed, calib=calib, labels=labels)
     if labels is not None and criterion not in gradient.GRADIENT:
         raise UsageError(f"labels are used by the gradient criteria only, not {criterion!r}")
     if criterion in DATA_DRIVEN:
@@ -85,6 +90,27 @@ def score(
     )
 
 
+def _auto(
+    graph: Graph,
+    analysis: ChannelAnalysis,
+    *,
+    seed: int,
+    calib: Mapping[str, np.ndarray] | None,
+    labels: gradient.Labels | None,
+) -> Scores:
+    """``taylor`` on the calibration data (distillation against the original's outputs, or
+    ``labels``) where torch can run the graph; ``l1`` without data or torch, or when the torch
+    backend lacks one of the graph's ops (logged)."""
+    if calib is not None:
+        try:
+            return score(graph, analysis, "taylor", seed=seed, calib=calib, labels=labels)
+        except (UnsupportedOpError, MissingDependencyError) as exc:
+            log.info("criterion auto: taylor not available (%s); using l1", exc)
+    if labels is not None:
+        raise UsageError("labels are used by the gradient criteria, which need --calib")
+    return score(graph, analysis, "l1", seed=seed)
+
+
 def _measurer(
     graph: Graph,
     analysis: ChannelAnalysis,
@@ -101,4 +127,4 @@ def _measurer(
     return lambda g: activation.scores(analysis, stats, g, criterion)
 
 
-__all__ = ["CRITERIA", "DATA_FREE", "Scores", "score"]
+__all__ = ["AUTO", "CRITERIA", "DATA_FREE", "Scores", "score"]

@@ -43,7 +43,7 @@ from irprune.errors import CalibrationError, UsageError
 from irprune.ir import Graph
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis, ChannelGroup, Source
-from irprune.passes.calibration import batches
+from irprune.passes.calibration import batches, limit_batch
 from irprune.passes.importance.magnitude import following_bn
 
 if TYPE_CHECKING:
@@ -119,6 +119,7 @@ def scores(
     if criterion not in GRADIENT:
         raise UsageError(f"unknown gradient criterion {criterion!r}")
     torch, module = _module(graph, criterion)
+    batch = limit_batch(graph, batch)
     slices = {g.id: group_slices(graph, analysis, g) for g in analysis.prunable}
     weights = dict(module.named_weights())
     wanted = {s.value for group in slices.values() for s in group}

@@ -164,3 +164,56 @@ def test_cli_end_to_end(tmp_path: Path, criterion: str, capsys: pytest.CaptureFi
     assert run(onnx.load(out), {"input": x[:2]})[0].shape == (2, 10)
     assert main([*argv, "-o", str(tmp_path / "x.onnx")]) == 2
     assert "needs calibration data" in capsys.readouterr().err
+
+
+def test_auto_is_taylor_with_data_and_l1_without() -> None:
+    """``auto`` (the default criterion): taylor's known answer with calibration data (a channel
+    the output ignores scores 0, which l1 cannot see), l1's without."""
+    w1 = RNG.standard_normal((C, 3, 3, 3)).astype(np.float32)
+    w2 = RNG.standard_normal((4, C, 1, 1)).astype(np.float32)
+    w2[:, 2] = 0.0
+    model = _two_convs(w1, w2, RNG.standard_normal(C).astype(np.float32))
+    graph = import_model(model)
+    analysis = analyze(graph)
+    with_data = score(graph, analysis, "auto", calib=_calib())
+    assert with_data.criterion == "taylor"
+    (gid,) = with_data.by_group
+    assert with_data.by_group[gid][2] == 0.0
+    without = score(graph, analysis, "auto")
+    assert without.criterion == "l1" and without.by_group[gid][2] > 0
+    np.testing.assert_array_equal(without.by_group[gid], score(graph, analysis, "l1").by_group[gid])
+
+
+def test_auto_falls_back_to_l1_where_torch_cannot_run_the_graph(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from irprune.errors import UnsupportedOpError
+    from irprune.passes.importance import gradient
+
+    def no_backend(*args: object, **kwargs: object) -> None:
+        raise UnsupportedOpError("the torch backend has no implementation of ai.onnx::LSTM")
+
+    monkeypatch.setattr(gradient, "scores", no_backend)
+    model = _two_convs(
+        RNG.standard_normal((C, 3, 3, 3)).astype(np.float32),
+        RNG.standard_normal((4, C, 1, 1)).astype(np.float32),
+    )
+    graph = import_model(model)
+    analysis = analyze(graph)
+    assert score(graph, analysis, "auto", calib=_calib()).criterion == "l1"
+    with pytest.raises(UnsupportedOpError):
+        score(graph, analysis, "taylor", calib=_calib())
+
+
+def test_prune_reports_the_criterion_auto_chose() -> None:
+    import irprune
+
+    model = _two_convs(
+        RNG.standard_normal((8, 3, 3, 3)).astype(np.float32),
+        RNG.standard_normal((4, 8, 1, 1)).astype(np.float32),
+    )
+    kw = dict(target_flops=0.625, measure_latency=False, round_to=1)
+    calibrated = irprune.prune(model, calib=_calib(), **kw)
+    assert calibrated.report["settings"]["criterion"] == "taylor"
+    assert calibrated.report["settings"]["criterion_asked"] == "auto"
+    assert irprune.prune(model, rewrite="drop", **kw).report["settings"]["criterion"] == "l1"
