@@ -60,6 +60,7 @@ WEIGHT_ROLES: Mapping[tuple[str, str], frozenset[int]] = {
     ("", "LayerNormalization"): frozenset({1, 2}),
     ("", "GroupNormalization"): frozenset({1, 2}),
     ("", "PRelu"): frozenset({1}),
+    ("", "LSTM"): frozenset({1, 2, 3, 7}),  # W, R, B, peepholes
     ("", "Gather"): frozenset({0}),
 }
 _BN = ("", "BatchNormalization")

@@ -37,6 +37,7 @@ from irprune.backends.torch_call import (
     spatial,
     torch_pad,
 )
+from irprune.backends.torch_recurrent import lstm
 
 
 # --- elementwise ----------------------------------------------------------------------------------
@@ -523,6 +524,7 @@ OPS: Mapping[tuple[str, str], OpFn] = MappingProxyType(
         ("", "MatMul"): _matmul,
         ("", "Gemm"): _gemm,
         ("", "Einsum"): _einsum,
+        ("", "LSTM"): lstm,
         ("", "Conv"): _conv,
         ("", "ConvTranspose"): _conv_transpose,
         # pooling and normalization
