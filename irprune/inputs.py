@@ -107,13 +107,19 @@ def run_feeds(
 
 
 def first_sample(feeds: Mapping[str, np.ndarray], shapes: InputShapes) -> dict[str, np.ndarray]:
-    """The first sample of ``feeds``: every batch axis cut to 1 (``state: [2, batch, 128]``
-    along its axis 1), inputs without a symbolic batch as they are."""
+    """The first sample of ``feeds`` at the deployment shape: every batch axis cut to 1
+    (``state: [2, batch, 128]`` along its axis 1), and a model whose batch is fixed (declared 1)
+    given its first sample, not the calibration set's 128 at once."""
     out = {}
     for name, array in feeds.items():
         index = [slice(None)] * array.ndim
         for axis in shapes.batch_axes.get(name, ()):
             if axis < array.ndim:
                 index[axis] = slice(0, 1)
+        sample = shapes.sample.get(name)
+        if sample is not None and len(sample) == array.ndim:
+            for axis, size in enumerate(sample):
+                if array.shape[axis] > size:
+                    index[axis] = slice(0, size)
         out[name] = array[tuple(index)]
     return out

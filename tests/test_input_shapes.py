@@ -265,6 +265,17 @@ def test_a_fixed_batch_model_takes_calibration_data_sample_by_sample() -> None:
     np.testing.assert_array_equal(got, expected)
 
 
+def test_a_fixed_batch_model_is_timed_at_its_one_sample() -> None:
+    """The latency measurement takes the deployment shape too: batch 1, not the calibration
+    set (ddddocr and PP-OCR det failed there with 'index: 0 Got: 128 Expected: 1')."""
+    model = recognizer()
+    _set_dim(model.graph.input[0], 0, 1)
+    calib = {"x": RNG.standard_normal((6, 3, 32, 64)).astype(np.float32)}
+    result = irprune.prune(model, target_flops=0.5, calib=calib, round_to=1)
+    assert result.report["latency"]["batch"] == 1
+    assert result.report["latency"]["after_ms"] > 0
+
+
 def test_torch_backend_and_finetune_take_the_shape_from_the_prune_or_the_data() -> None:
     """``Result.to_torch()`` builds the module at the shape the model was pruned at, and
     ``irprune.finetune`` at its training data's shape: neither asks again."""
