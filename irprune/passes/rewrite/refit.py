@@ -17,6 +17,18 @@ Consumers are refit level by level (``calibration.levels``): each level is measu
 pruned graph with every consumer upstream of it already refit, so a layer fits to what it will
 really see (measuring two dependent layers in one pass sends a residual network to chance).
 Each graph is run once in all, a slice per level (``sweep.Sweep``), not once per level.
+
+How hard to regularise is chosen per consumer on held-out data, because a fit that reproduces the
+calibration set can still generalise worse than no refit at all (a classifier's last Gemm sees one
+row per image: 128 rows for a few hundred unknowns). Every ``HOLDOUT``-th calibration sample is
+held out; the regulariser pulls toward the weights as pruned (the original's, kept inputs only):
+
+    W'(lambda) = argmin ||Y - X W'||^2 + lambda ||W' - W_pruned||^2
+
+for lambda in ``RIDGES`` (times the mean of diag(X^T X)) and W_pruned itself (lambda infinite)
+are scored by their error on the held-out rows, computed from that part's own normal equations
+(||Y - X W||^2 = Y.Y - 2 <W, X^T Y> + <W, X^T X W>); the winner's lambda is then solved on all
+rows. With fewer than ``HOLDOUT`` samples the fixed ``ridge`` is used instead.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.rules import RULES
 from irprune.passes.calibration import levels
+from irprune.passes.rewrite import refit_recurrent as rnn
 from irprune.passes.sweep import Sweep
 
 log = logging.getLogger(__name__)
@@ -41,6 +54,8 @@ log = logging.getLogger(__name__)
 MAX_DIM = 6000  # skip consumers whose normal equations would exceed ~290 MB (float64)
 ROWS_PER_UNKNOWN = 64
 MIN_ROWS = 16384
+HOLDOUT = 4  # every 4th calibration sample is held out to choose the regularisation
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 @dataclass
@@ -49,8 +64,27 @@ class _Target:
     original: Node
     outputs: np.ndarray
     bias: bool = True  # solve for a bias column
-    ata: np.ndarray | None = None
+    ata: np.ndarray | None = None  # normal equations of the fitting rows
     aty: np.ndarray | None = None
+    held: _Normal | None = None  # and of the held-out rows
+
+
+@dataclass
+class _Normal:
+    """Normal equations of a set of rows: X^T X, X^T Y and Y.Y."""
+
+    ata: np.ndarray
+    aty: np.ndarray
+    yty: float
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.ata += a.T @ a
+        self.aty += a.T @ b
+        self.yty += float(np.sum(b * b))
+
+    def error(self, w: np.ndarray) -> float:
+        """||Y - X W||^2 over these rows."""
+        return self.yty - 2 * float(np.sum(w * self.aty)) + float(np.sum(w * (self.ata @ w)))
 
 
 def kept_outputs(node: Node, analysis: ChannelAnalysis, plan: Plan) -> np.ndarray | None:
@@ -126,6 +160,8 @@ def _design(node: Node, x: np.ndarray, rows: np.ndarray | None, bias: bool) -> n
         cols = _take(x, rows) if plain else None
     elif node.op_type == "MatMul":
         cols = _take(x.reshape(-1, x.shape[-1]), rows)
+    elif rnn.is_recurrent(node):
+        cols = _take(rnn.design(node, x), rows)
     if cols is None:
         return np.zeros((0, 0))
     if bias:
@@ -142,6 +178,8 @@ def _unknowns(node: Node, bias: bool) -> int | None:
     w = node.required(1).const
     if w is None:
         return None
+    if rnn.is_recurrent(node):
+        return rnn.unknowns(node, bias)
     if node.op_type == "Conv":
         return int(np.prod(w.shape[1:])) + int(bias)
     if node.op_type == "Gemm":
@@ -151,14 +189,31 @@ def _unknowns(node: Node, bias: bool) -> int | None:
     return None
 
 
+def _wanted(original: Node) -> str:
+    """The original graph's value a target is made from: the node's output, or for a recurrent
+    node its input (``refit_recurrent``: the target is its gates' input part)."""
+    return original.required(0).name if rnn.is_recurrent(original) else original.outputs[0].name
+
+
+def _samples(node: Node, x: np.ndarray) -> int:
+    """How many calibration samples an input batch ``x`` of ``node`` holds."""
+    return len(rnn.batch_major(node, x)) if rnn.is_recurrent(node) else len(x)
+
+
 def _target(node: Node, y: np.ndarray) -> np.ndarray:
-    """The node's output with channels last, flattened over everything else."""
+    """The original node's output with channels last, flattened over everything else (for a
+    recurrent node, ``y`` is its input and the target its gates' input part)."""
+    if rnn.is_recurrent(node):
+        return rnn.gate_inputs(node, y)
     if node.op_type == "Conv":
         y = np.moveaxis(y, 1, -1)
     return y.reshape(-1, y.shape[-1]).astype(np.float64)
 
 
 def _write(node: Node, graph: Graph, sol: np.ndarray, has_bias: bool) -> None:
+    if rnn.is_recurrent(node):
+        rnn.write(node, graph, sol, has_bias)
+        return
     w = node.required(1)
     assert w.const is not None
     coef, bias = (sol[:-1], sol[-1]) if has_bias else (sol, None)
@@ -236,6 +291,12 @@ def refit(
     ``new_params``, a consumer with nowhere to keep a bias is refit without one."""
     pairs = []
     for p, o in refit_targets(pruned, original):
+        if rnn.is_recurrent(p):  # every gate row is a target (see refit_recurrent)
+            weight = p.required(1).const
+            assert weight is not None  # refit_targets keeps constant weights only
+            rows = int(np.prod(weight.shape[:2]))
+            pairs.append(_Target(p, o, np.arange(rows), rnn.can_take_bias(p, new_params)))
+            continue
         outputs = kept_outputs(o, analysis, plan)
         if p.op_type in ("Conv", "Gemm", "MatMul") and outputs is not None:
             bias = p.op_type != "MatMul" and (new_params or shifts_without_new_params(pruned, p))
@@ -261,32 +322,98 @@ def _refit_chunk(seen: Sweep, wanted: Sweep, chunk: list[_Target], total: int, r
     """Refit one level: its inputs as the pruned graph ``seen`` gives them (every level before
     already refit), its outputs as the original graph ``wanted`` gives them."""
     x_names = [t.pruned.required(0).name for t in chunk]
-    y_names = [t.original.outputs[0].name for t in chunk]
+    y_names = [_wanted(t.original) for t in chunk]
     skipped: set[int] = set()
     rng = np.random.default_rng(0)
+    start = 0  # index of the batch's first sample in the calibration set
     for xs, ys in zip(seen.run(x_names), wanted.run(y_names), strict=True):
+        n = _samples(chunk[0].pruned, xs[x_names[0]])
         for k, t in enumerate(chunk):
             x = xs[x_names[k]]
             d = _unknowns(t.pruned, t.bias)
             if d is None or d > MAX_DIM:
                 skipped.add(k)
                 continue
-            b = _target(t.pruned, ys[y_names[k]])
-            rows = _pick(len(b), len(x) / total, d, rng)
+            b = _target(t.original, ys[y_names[k]])
+            full = len(b)
+            rows = _pick(full, n / total, d, rng)
             a = _design(t.pruned, x, rows, t.bias)
             if not a.size:
                 skipped.add(k)
                 continue
             b = _take(b, rows)[:, t.outputs]
-            t.ata = a.T @ a if t.ata is None else t.ata + a.T @ a
-            t.aty = a.T @ b if t.aty is None else t.aty + a.T @ b
+            _accumulate(t, a, b, _held_out(rows, full, n, start))
+        start += n
     done = 0
     for k, t in enumerate(chunk):
         if k in skipped or t.ata is None or t.aty is None:
             log.info("not refit (unsupported or too wide): %s", t.pruned)
             continue
-        lam = ridge * float(np.mean(np.diag(t.ata))) + 1e-12
-        sol = np.linalg.solve(t.ata + lam * np.eye(len(t.ata)), t.aty)
+        sol = _solve(t, ridge)
+        if sol is None:
+            log.info("not refit (the held-out error is lowest as pruned): %s", t.pruned)
+            continue
         _write(t.pruned, seen.graph, sol, t.bias)
         done += 1
     return done
+
+
+def _held_out(rows: np.ndarray | None, full: int, n: int, start: int) -> np.ndarray:
+    """Which of a batch's design rows (``rows`` of its ``full`` output rows, None = all) belong
+    to a held-out sample: every ``HOLDOUT``-th calibration sample, counting from the batch's
+    ``start``. The output rows are ``n`` samples' worth, sample-major."""
+    index = np.arange(full) if rows is None else rows
+    return (start + index // max(full // n, 1)) % HOLDOUT == HOLDOUT - 1
+
+
+def _accumulate(t: _Target, a: np.ndarray, b: np.ndarray, held: np.ndarray) -> None:
+    fit, out = a[~held], b[~held]
+    if t.ata is None or t.aty is None:
+        t.ata, t.aty = fit.T @ fit, fit.T @ out
+    else:
+        t.ata += fit.T @ fit
+        t.aty += fit.T @ out
+    if held.any():
+        if t.held is None:
+            t.held = _Normal(np.zeros_like(t.ata), np.zeros_like(t.aty), 0.0)
+        t.held.add(a[held], b[held])
+
+
+def _current(node: Node, bias: bool) -> np.ndarray:
+    """The node's weights as pruned, in the layout of a solution (design columns x outputs)."""
+    if rnn.is_recurrent(node):
+        return rnn.current(node, bias)
+    w = node.required(1).const
+    assert w is not None
+    w = w.astype(np.float64)
+    if node.op_type == "Conv":
+        coef = w.reshape(w.shape[0], -1).T
+    elif node.op_type == "Gemm" and node.attr("transB", 0):
+        coef = w.T
+    else:
+        coef = w
+    if not bias:
+        return coef
+    old = node.input(2)
+    b = old.const if old is not None and old.const is not None else np.zeros(coef.shape[1])
+    return np.concatenate([coef, np.asarray(b, np.float64).reshape(1, -1)], axis=0)
+
+
+def _ridge_solve(ata: np.ndarray, aty: np.ndarray, prior: np.ndarray, scale: float) -> np.ndarray:
+    lam = scale * float(np.mean(np.diag(ata))) + 1e-12
+    return np.linalg.solve(ata + lam * np.eye(len(ata)), aty + lam * prior)
+
+
+def _solve(t: _Target, ridge: float) -> np.ndarray | None:
+    """The refit solution (see the module doc), or None when the weights as pruned predict the
+    held-out rows best."""
+    assert t.ata is not None and t.aty is not None
+    prior = _current(t.pruned, t.bias)
+    if t.held is None:  # too few samples to hold any out
+        return _ridge_solve(t.ata, t.aty, prior, ridge)
+    errors = {s: t.held.error(_ridge_solve(t.ata, t.aty, prior, s)) for s in RIDGES}
+    best = min(errors, key=errors.__getitem__)
+    if t.held.error(prior) <= errors[best]:
+        return None
+    log.debug("%s: ridge %g (held-out error %.4g)", t.pruned, best, errors[best])
+    return _ridge_solve(t.ata + t.held.ata, t.aty + t.held.aty, prior, best)
