@@ -13,6 +13,10 @@ Counting rules (multiply-accumulates, bias additions and elementwise ops not cou
   transB).
 - MatMul: prod(output dims except the last) * N * K = prod(output dims) * K, with K the last dim
   of A (numpy matmul semantics, rank-1 operands included).
+- LSTM / GRU / RNN: per time step, sample and direction, each of the G gates (4, 3, 1) multiplies
+  the input (input_size) and the previous hidden state (hidden_size) by its weights:
+  seq * batch * directions * G * hidden_size * (input_size + hidden_size), with hidden_size and
+  direction from the attributes and seq, batch, input_size from X's shape.
 
 Graph inputs take the shapes a test gives (the deployment shape): what inference then leaves
 symbolic around a MAC node is read off an onnxruntime run at that shape; otherwise batch and
@@ -180,19 +184,32 @@ def _matmul_macs(node: onnx.NodeProto, shapes: dict[str, _Shape]) -> int:
     return _size(y) * _static(k, "K", node)
 
 
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def _recurrent_macs(node: onnx.NodeProto, shapes: dict[str, _Shape]) -> int:
+    x = _shape(shapes, node.input[0], node)
+    hidden = _attr(node, "hidden_size", 0)
+    direction = next((a.s for a in node.attribute if a.name == "direction"), b"forward")
+    directions = 2 if direction == b"bidirectional" else 1
+    inputs = _static(x[2], "input_size", node)
+    return _size(x[:2]) * directions * _GATES[node.op_type] * hidden * (inputs + hidden)
+
+
 _MACS = {
     "Conv": _conv_macs,
     "ConvTranspose": _conv_transpose_macs,
     "Gemm": _gemm_macs,
     "MatMul": _matmul_macs,
+    **dict.fromkeys(_GATES, _recurrent_macs),
 }
 
 
 def count_macs(
     model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
 ) -> int:
-    """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul nodes of the main graph,
-    with the graph inputs at ``input_shapes`` where given (else symbolic dims count 1)."""
+    """Multiply-accumulates of Conv, ConvTranspose, Gemm, MatMul and recurrent nodes of the main
+    graph, with the graph inputs at ``input_shapes`` where given (else symbolic dims count 1)."""
     shapes = _known_shapes(model, input_shapes)
     total = 0
     for node in model.graph.node:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from irprune.passes.analysis.rules import conv, elementwise, linear, pool, shape, slicing
+from irprune.passes.analysis.rules import conv, elementwise, linear, pool, recurrent, shape, slicing
 from irprune.passes.analysis.rules.base import NodeEdit, OpRule, Term
 from irprune.passes.analysis.rules.dynamic_shape import SHAPE
 from irprune.passes.analysis.rules.normalization import GROUP_NORM, LAYER_NORM
@@ -45,6 +45,7 @@ _table.update({("", op): elementwise.BROADCAST for op in elementwise.BROADCAST_O
 _table.update({("", op): elementwise.SOFTMAX for op in elementwise.SOFTMAX_OPS})
 _table.update({("", op): pool.POOL for op in pool.POOL_OPS})
 _table.update({("", op): pool.REDUCE for op in pool.REDUCE_OPS})
+_table.update({("", op): recurrent.RECURRENT for op in recurrent.RECURRENT_OPS})
 
 RULES: Mapping[tuple[str, str], OpRule] = MappingProxyType(_table)
 
