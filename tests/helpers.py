@@ -1,4 +1,4 @@
-"""Shared test helpers: running models, tiny graph builders, and the masked-equivalence oracle."""
+"""Shared test helpers: running models, tiny graph builders, the layout-based masked original."""
 
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ def masked_original(
     DESIGN.md section 4: the pruned model must compute exactly this. A consumer is a node that sums
     over the channel axis of its data input: Conv and ConvTranspose (group 1), Gemm (K), MatMul
     (last axis).
+
+    Not independent: the masks are placed with the pruner's own layouts (``analysis.layout``,
+    ``layout.positions``), so a position bug moves this oracle along with the pruned model. The
+    tests use ``tests.reference_mask.masked_reference``; this stays for ``benchmarks/zoo.py`` and
+    for ``tests/test_reference_mask.py``, which shows a planted position bug that it misses.
     """
     masked = onnx.ModelProto()
     masked.CopyFrom(model)

@@ -23,8 +23,9 @@ from irprune.api import prune
 from irprune.cli import main
 from irprune.demo import build_demo_model
 from irprune.emit import verify
-from tests.helpers import IR_VERSION, feeds_for, masked_original, rel_diff, run, stored_as
+from tests.helpers import IR_VERSION, feeds_for, rel_diff, run, stored_as
 from tests.oracles import count_macs
+from tests.reference_mask import masked_reference
 
 TIME_LIMIT_S = 10.0
 Cli = Callable[..., tuple[int, str, str]]
@@ -109,11 +110,7 @@ def _masked_equal(
     bare.CopyFrom(model)
     bare.graph.ClearField("value_info")  # the helper reads ranks by shape inference
     bare.graph.value_info.extend(known)
-    masked = masked_original(bare, result.analysis, result.plan)
-    dtype = model.graph.input[0].type.tensor_type.elem_type
-    for t in masked.graph.initializer:  # the helper's masks are float32
-        if t.name.startswith("__mask") and dtype == TensorProto.FLOAT16:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    masked = masked_reference(bare, result.analysis, result.plan)
     feeds = feeds_for(model, batch=1, seed=3)
     for e, g in zip(run(masked, feeds), run(result.model, feeds), strict=True):
         assert rel_diff(e.astype(np.float32), g.astype(np.float32)) <= 1e-4

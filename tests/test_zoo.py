@@ -2,11 +2,12 @@
 
 Each case: ``prune(target_flops=0.5)`` returns a model that passes the full checker, runs in
 onnxruntime with the original graph inputs/outputs (names, dtypes, symbolic shapes) and output
-shapes, equals the masked original (DESIGN.md section 4) and lands in the MAC window by an
-independent counter (``runtime_macs``: the ``tests/oracles.py`` formulas on shapes measured in
-onnxruntime; ``count_macs`` undercounts behind run-time Reshape targets). The whole zoo, with
-latency and frozen-reason accounting, is ``benchmarks/zoo.py``. Cases that need a rule still
-being written are ``xfail`` naming it.
+shapes, equals the masked original (DESIGN.md section 4; built independently of the pruner's
+layouts by ``tests/reference_mask.py``) and lands in the MAC window by an independent counter
+(``runtime_macs``: the ``tests/oracles.py`` formulas on shapes measured in onnxruntime;
+``count_macs`` undercounts behind run-time Reshape targets). The whole zoo, with latency and
+frozen-reason accounting, is ``benchmarks/zoo.py``. Cases that need a rule still being written
+are ``xfail`` naming it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import onnx
 import pytest
 
 from irprune.api import prune
-from tests.helpers import feeds_for, masked_original, rel_diff, run
+from tests.helpers import feeds_for, rel_diff, run
+from tests.reference_mask import masked_reference
 
 TARGET = 0.5
 
@@ -67,7 +69,7 @@ def test_zoo_prunes_to_half(zoo_onnx, name: str, style: str) -> None:
     feeds = feeds_for(model, batch=2, seed=1)
     got = run(pruned, feeds)
     assert [g.shape for g in got] == [r.shape for r in run(model, feeds)]
-    expected = run(masked_original(model, result.analysis, result.plan), feeds)
+    expected = run(masked_reference(model, result.analysis, result.plan), feeds)
     err = max(rel_diff(e, g) for e, g in zip(expected, got, strict=True))
     assert err <= 1e-4, f"masked equivalence violated: {err:.3g}"
 

@@ -128,7 +128,8 @@ FORCED = {
 @pytest.mark.parametrize("name", sorted(FORCED))
 def test_groups_only_the_export_path_sees_are_pruned_exactly(name: str) -> None:
     from models.zoo import build_zoo, sample_inputs
-    from tests.helpers import feeds_for, masked_original, rel_diff, run
+    from tests.helpers import feeds_for, rel_diff, run
+    from tests.reference_mask import masked_reference
 
     target, ignored = FORCED[name]
     lowered = to_onnx(build_zoo(name), sample_inputs(name, batch=1), tracer="export")
@@ -140,7 +141,7 @@ def test_groups_only_the_export_path_sees_are_pruned_exactly(name: str) -> None:
     assert all(kept[s][1] < kept[s][0] for s in MORE_PRUNABLE[name])
     assert result.analysis is not None and result.plan is not None
     feeds = feeds_for(lowered, batch=2, seed=1)
-    expected = run(masked_original(lowered, result.analysis, result.plan), feeds)
+    expected = run(masked_reference(lowered, result.analysis, result.plan), feeds)
     got = run(result.model, feeds)
     assert max(rel_diff(e, g) for e, g in zip(expected, got, strict=True)) <= 1e-5
 
@@ -170,7 +171,8 @@ def test_export_path_on_plain_torch_models(
     reference_onnx: Callable[[str, str], Path],
     zoo_onnx: Callable[[str, str], Path],
 ) -> None:
-    from tests.helpers import feeds_for, masked_original, rel_diff, run
+    from tests.helpers import feeds_for, rel_diff, run
+    from tests.reference_mask import masked_reference
 
     kind, name = case.split(":")
     if kind == "ref":
@@ -199,7 +201,7 @@ def test_export_path_on_plain_torch_models(
     result = prune(lowered, target_flops=TARGET, rewrite="drop", measure_latency=False)
     assert result.analysis is not None and result.plan is not None
     small = feeds_for(lowered, batch=2, seed=1)
-    expected = run(masked_original(lowered, result.analysis, result.plan), small)
+    expected = run(masked_reference(lowered, result.analysis, result.plan), small)
     pruned = run(result.model, small)
     assert max(rel_diff(e, g) for e, g in zip(expected, pruned, strict=True)) <= 1e-5
 

@@ -31,8 +31,9 @@ from irprune.errors import TargetError, UnsupportedOpError
 from irprune.passes.importance import DATA_DRIVEN, DATA_FREE
 from irprune.passes.importance.gradient import GRADIENT
 from tests.fuzz.graphs import Case
-from tests.helpers import masked_original, rel_diff, run
+from tests.helpers import rel_diff, run
 from tests.oracles import count_macs, count_params
+from tests.reference_mask import masked_reference
 
 WINDOW = 0.02
 MASKED_TOL = 1e-4
@@ -175,7 +176,7 @@ def check(case: Case, s: Settings) -> str:
         f"{s.metric} ratio {ratio:.4f} (oracle) outside [{s.target - WINDOW:.4f}, {s.target:.4f}]"
     )
     if s.rewrite == "drop" and result.plan is not None:
-        expected = run(masked_original(model, result.analysis, result.plan), feeds)
+        expected = run(masked_reference(model, result.analysis, result.plan), feeds)
         for e, g in zip(expected, got, strict=True):
             assert e.shape == g.shape
             err = rel_diff(e, g)

@@ -151,7 +151,8 @@ def test_round_to_counts_channels_of_block_groups() -> None:
     an even number of units at round-to 16, not a multiple of 16 units (which would freeze it
     and halve the rounding of every group)."""
     from irprune.passes.allocation import unit_channels
-    from tests.helpers import feeds_for, masked_original, rel_diff, run
+    from tests.helpers import feeds_for, rel_diff, run
+    from tests.reference_mask import masked_reference
 
     model = _grouped_conv_model()
     result = prune(model, target_flops=0.5, round_to=16, rewrite="drop", measure_latency=False)
@@ -165,7 +166,7 @@ def test_round_to_counts_channels_of_block_groups() -> None:
     assert kept < result.analysis.groups[gid].size and (kept * 8) % 16 == 0
     assert 0.48 <= _mac_ratio(model, result.model) <= 0.5
     feeds = feeds_for(model)
-    expected = run(masked_original(model, result.analysis, result.plan), feeds)
+    expected = run(masked_reference(model, result.analysis, result.plan), feeds)
     assert rel_diff(expected[0], run(result.model, feeds)[0]) <= 1e-5
 
 
@@ -192,7 +193,8 @@ def _conv_chain(widths: list[int]) -> onnx.ModelProto:
 def test_window_missed_by_rounding_unrounds_one_group(target: float) -> None:
     """Steps of 16 cannot land in the window here: one group leaves the rounding (an unrounded
     width slows every kernel touching it), not several, and the target still holds."""
-    from tests.helpers import feeds_for, masked_original, rel_diff, run
+    from tests.helpers import feeds_for, rel_diff, run
+    from tests.reference_mask import masked_reference
 
     widths = [16, 32, 64, 32, 16]
     model = _conv_chain(widths)
@@ -203,5 +205,5 @@ def test_window_missed_by_rounding_unrounds_one_group(target: float) -> None:
     assert len(unrounded) == 1 and unrounded[0] % 2 == 0, kept
     assert target - 0.02 <= _mac_ratio(model, result.model) <= target
     feeds = feeds_for(model)
-    expected = run(masked_original(model, result.analysis, result.plan), feeds)
+    expected = run(masked_reference(model, result.analysis, result.plan), feeds)
     assert rel_diff(expected[0], run(result.model, feeds)[0]) <= 1e-5

@@ -1,7 +1,9 @@
 """Op rules on tiny graphs: which spaces join, which freeze and why, and that dropping is exact.
 
 Every model here is also pruned (half of each prunable group, chosen at random) and checked
-against the masked-original oracle, so a rule that maps indices wrongly fails numerically.
+against the masked-original oracle (``tests/reference_mask.py``, which places its masks by the ONNX
+ops' semantics, not by the layouts under test), so a rule that maps indices wrongly fails
+numerically.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from irprune.passes.allocation import Plan
 from irprune.passes.analysis.channels import ChannelAnalysis, analyze
 from irprune.passes.analysis.layout import Segment
 from irprune.passes.rewrite.drop import drop
-from tests.helpers import feeds_for, make_model, masked_original, rel_diff, run
+from tests.helpers import feeds_for, make_model, rel_diff, run
+from tests.reference_mask import masked_reference
 
 RNG = np.random.default_rng(0)
 
@@ -49,7 +52,7 @@ def drop_half_and_check(
     pruned = to_model(graph)
     feeds = feeds_for(model, batch=2, seed=seed)
     verify(pruned, feeds)
-    expected = run(masked_original(model, analysis, plan), feeds)
+    expected = run(masked_reference(model, analysis, plan), feeds)
     got = run(pruned, feeds)
     for e, g in zip(expected, got, strict=True):
         assert e.shape == g.shape

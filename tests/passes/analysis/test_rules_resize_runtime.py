@@ -16,9 +16,10 @@ from onnx import helper
 from irprune.api import prune
 from irprune.frontends.onnx import import_model
 from irprune.passes.analysis.channels import analyze
-from tests.helpers import feeds_for, make_model, masked_original, rel_diff, run
+from tests.helpers import feeds_for, make_model, rel_diff, run
 from tests.passes.analysis.test_rules import drop_half_and_check
 from tests.passes.analysis.test_rules_indexmaps import group_of, ints, reasons, w
+from tests.reference_mask import masked_reference
 
 
 def _fpn(channel_source: str = "low", spatial: str = "up") -> onnx.ModelProto:
@@ -77,7 +78,7 @@ def test_fpn_pattern_prunes_end_to_end_with_the_drop_oracle() -> None:
     gid = group_of(result.analysis, "c_up").id
     assert result.plan.widths[gid] < 8
     feeds = feeds_for(model)
-    expected = run(masked_original(model, result.analysis, result.plan), feeds)
+    expected = run(masked_reference(model, result.analysis, result.plan), feeds)
     for e, g in zip(expected, run(result.model, feeds), strict=True):
         assert e.shape == g.shape and rel_diff(e, g) <= 1e-5
 

@@ -12,7 +12,8 @@ from irprune.frontends.onnx import import_model
 from irprune.passes.analysis.channels import analyze
 from irprune.passes.analysis.layout import Segment
 from tests.conftest import REFERENCE, STYLES
-from tests.helpers import feeds_for, masked_original, rel_diff, run
+from tests.helpers import feeds_for, rel_diff, run
+from tests.reference_mask import masked_reference
 
 
 def _check_masked(model: onnx.ModelProto, criterion: str, target: float = 0.5) -> float:
@@ -21,7 +22,7 @@ def _check_masked(model: onnx.ModelProto, criterion: str, target: float = 0.5) -
     )
     assert result.plan is not None and result.plan.kept, "nothing was pruned"
     feeds = feeds_for(model, batch=2, seed=1)
-    expected = run(masked_original(model, result.analysis, result.plan), feeds)
+    expected = run(masked_reference(model, result.analysis, result.plan), feeds)
     got = run(result.model, feeds)
     assert [o.shape for o in got] == [o.shape for o in expected]
     err = max(rel_diff(e, g) for e, g in zip(expected, got, strict=True))
