@@ -21,7 +21,9 @@ speedup (1 thread) from irprune's report.
     python benchmarks/real_models.py --tasks ppocr_rec --targets 0.7 --modes calibrated
 
 Writes benchmarks/results/real_models.json (every row, merged with earlier runs by task, target
-and mode) and docs/real_models.md (the table).
+and mode), docs/real_models.md (the full table) and the README's compact table (between its
+``real-models`` markers). ``--render`` only re-renders both from the JSON files given (e.g. the
+rows of two runs made side by side).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import irprune
-from benchmarks.real_tasks import TASKS, Task, evaluate, model_path, run_model
+from benchmarks.real_tasks import TASKS, Task, evaluate, model_inputs, model_path, run_model
 from irprune.emit.verify import captured_warnings, random_inputs, session
 from irprune.shapes import declared_inputs, resolve
 from tests.oracles import count_macs
@@ -49,6 +51,15 @@ from tests.oracles import count_macs
 MODES = ("data-free", "calibrated", "finetuned")
 RESULTS = Path("benchmarks/results/real_models.json")
 DOC = Path("docs/real_models.md")
+README = Path("README.md")
+RUNS = (  # the two runs whose rows the tables show
+    "python benchmarks/real_models.py --modes data-free calibrated; "
+    "python benchmarks/real_models.py --targets 0.5 --modes finetuned --finetune-seconds 240"
+)
+MARKERS = (
+    "<!-- real-models:start (written by benchmarks/real_models.py) -->",
+    "<!-- real-models:end -->",
+)
 
 
 def _declared(model: onnx.ModelProto) -> list[list[Any]]:
@@ -110,9 +121,11 @@ def bench(task: Task, target: float, mode: str, args: argparse.Namespace) -> dic
     original = model_path(task)
     test, labels = data(task, args.test_samples, 1)
     row: dict[str, Any] = {"task": task.name, "target": target, "mode": mode, "metric": task.metric}
-    reference = run_model(original, test) if task.needs_original else None
+    reference = run_model(original, test, task) if task.needs_original else None
     row["before"] = evaluate(task, original, test, labels, original, reference)
-    calib = data(task, args.calib_samples, 0)[0] if mode != "data-free" else None
+    calib = None  # what the model itself sees on the task's inputs (silero: every chunk)
+    if mode != "data-free":
+        calib = model_inputs(task, original, data(task, args.calib_samples, 0)[0])
     out = args.work / f"{task.name}-{target}-{mode}.onnx"
     start = time.process_time()
     result = irprune.prune(
@@ -122,7 +135,7 @@ def bench(task: Task, target: float, mode: str, args: argparse.Namespace) -> dic
     row["prune_cpu_s"] = time.process_time() - start
     result.save(out)
     if mode == "finetuned":
-        train = data(task, args.finetune_samples, 2)[0]
+        train = model_inputs(task, original, data(task, args.finetune_samples, 2)[0])
         tuned, epochs, cpu = _finetune(out, original, train, args.finetune_seconds)
         tuned.save(out)
         row.update(finetune_epochs=epochs, finetune_cpu_s=cpu)
@@ -187,6 +200,52 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _points(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
+    if "error" in row:
+        return "error"
+    return f"{100 * row['after']:.1f} ({100 * (row['after'] - row['before']):+.1f})"
+
+
+def compact_table(rows: list[dict[str, Any]]) -> str:
+    """One line per model: the README's table."""
+    by_key = {_key(r): r for r in rows}
+    cols = [(0.7, "data-free"), (0.7, "calibrated"), (0.5, "calibrated"), (0.5, "finetuned")]
+    lines = [
+        "| model | task metric | original | 0.7 data-free | 0.7 calibrated | 0.5 calibrated | "
+        "0.5 calibrated + finetune | MACs at 0.5 (independent count) | speedup at 0.5 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["task"] for r in rows):
+        done = [r for r in rows if r["task"] == name and "error" not in r]
+        if not done:
+            continue
+        half = [r for r in done if r["target"] == 0.5]
+        macs = f"{max(r['mac_ratio'] for r in half):.3f}" if half else "-"
+        speed = next((r["speedup"] for r in half if r.get("speedup")), None)
+        lines.append(
+            f"| {name} | {done[0]['metric']} | {100 * done[0]['before']:.1f} | "
+            + " | ".join(_points(by_key.get((name, t, m))) for t, m in cols)
+            + f" | {macs} | {f'{speed:.2f}x' if speed else '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme(rows: list[dict[str, Any]], path: Path, command: str) -> None:
+    """Replace the README's table between ``MARKERS`` (left alone when they are absent)."""
+    if not path.exists():
+        return
+    text = path.read_text()
+    start, end = MARKERS
+    if start not in text or end not in text:
+        return
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    body = f"{start}\n{compact_table(rows)}\n\nReproduce: `{command}`\n{end}"
+    path.write_text(head + body + tail)
+
+
 def write_doc(rows: list[dict[str, Any]], path: Path, command: str) -> None:
     text = f"""# Pretrained third-party models (issue #14)
 
@@ -220,11 +279,24 @@ def parse() -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "irprune-real-out")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--doc", type=Path, default=DOC)
+    p.add_argument("--readme", type=Path, default=README)
+    p.add_argument("--render", nargs="+", type=Path, help="only render the tables from these JSONs")
     return p.parse_args()
+
+
+def render(paths: list[Path], args: argparse.Namespace) -> None:
+    for path in paths:
+        rows = save(json.loads(path.read_text()), args.out)
+    write_doc(rows, args.doc, RUNS)
+    write_readme(rows, args.readme, RUNS)
+    print(table(rows))
 
 
 def main() -> None:
     args = parse()
+    if args.render:
+        render(args.render, args)
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.tasks:
@@ -242,6 +314,7 @@ def main() -> None:
                 merged = save(rows, args.out)
     command = "python benchmarks/real_models.py " + " ".join(sys.argv[1:])
     write_doc(merged, args.doc, command.strip())
+    write_readme(merged, args.readme, command.strip())
     print(table(merged))
 
 

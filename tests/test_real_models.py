@@ -32,8 +32,22 @@ def _dims(model: onnx.ModelProto) -> list[list[object]]:
     ]
 
 
+# silero-vad keeps all of its compute inside an If on its ``sr`` input (16 kHz or 8 kHz weights):
+# irprune does not prune inside subgraphs, and a random ``sr`` runs the 8 kHz branch at the 16 kHz
+# shape, which onnxruntime refuses. Strict: the day it prunes, this fails and the mark goes.
+BLOCKED = {"silero_vad": "compute inside If subgraphs keyed on a scalar input (issue 14)"}
+
+
 @pytest.mark.parametrize("target", [0.7, 0.5])
-@pytest.mark.parametrize("name", list(TASKS))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(reason=BLOCKED[n], strict=True))
+        if n in BLOCKED
+        else n
+        for n in TASKS
+    ],
+)
 def test_real_model_prunes_to_the_shape_contract(name: str, target: float, tmp_path: Path) -> None:
     task = TASKS[name]
     path = cached(task.spec, task.member)
