@@ -1,4 +1,5 @@
-"""Shared test helpers: running models, tiny graph builders, the layout-based masked original."""
+"""Shared test helpers: running models, tiny graph builders, figures read off written models,
+the layout-based masked original."""
 
 from __future__ import annotations
 
@@ -42,6 +43,58 @@ def make_model(
     return helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION
     )
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def written_widths(model: onnx.ModelProto, analysis: ChannelAnalysis) -> dict[int, int]:
+    """Each prunable group's width as ``model`` stores it, never as a report or plan says: the
+    length of its source weights along the source axis, looked up by the source node's name (a
+    group's sources must agree). ``analysis`` (of the original) only says which node, weight and
+    axis create each group. Counts tensor channels (a group of blocks counts their channels)
+    and assumes each source weight axis creates one group (no Split of a source)."""
+    nodes = {n.name: n for n in model.graph.node}
+    inits = _initializers(model)
+    out = {}
+    for g in analysis.prunable:
+        widths = set()
+        for src in g.sources:
+            assert src.weight in nodes[src.node].input, f"{src.node} no longer reads {src.weight}"
+            widths.add(int(inits[src.weight].dims[src.axis]))
+        assert len(widths) == 1, f"group {g.id}: its sources disagree on the width: {widths}"
+        out[g.id] = widths.pop()
+    return out
+
+
+def node_weight(model: onnx.ModelProto, node: str, index: int = 1) -> np.ndarray:
+    """The initializer read as input ``index`` of the node named ``node``."""
+    (found,) = [n for n in model.graph.node if n.name == node]
+    return numpy_helper.to_array(_initializers(model)[found.input[index]])
+
+
+def kept_channels(
+    original: onnx.ModelProto, pruned: onnx.ModelProto, producer: str, consumer: str
+) -> list[int]:
+    """The original output channels of the node ``producer`` that ``pruned`` keeps, read off the
+    weights themselves: each kept channel is the original channel whose producer filter (axis 0)
+    and consumer weight slice (axis 1: Conv, or Gemm with transB) both equal the pruned ones
+    bitwise. For the drop rewrite, with the producer's own inputs unpruned."""
+    w_p, w_c = node_weight(original, producer), node_weight(original, consumer)
+    p_p, p_c = node_weight(pruned, producer), node_weight(pruned, consumer)
+    assert p_p.shape[0] == p_c.shape[1], f"{producer} and {consumer} disagree on the width"
+    kept = []
+    for j in range(p_p.shape[0]):
+        found = [
+            i
+            for i in range(w_p.shape[0])
+            if np.array_equal(w_p[i], p_p[j]) and np.array_equal(w_c[:, i], p_c[:, j])
+        ]
+        assert len(found) == 1, f"kept channel {j} of {producer} matches original {found}"
+        kept.append(found[0])
+    assert len(set(kept)) == len(kept), f"a channel of {producer} is kept twice: {kept}"
+    return sorted(kept)
 
 
 _CONTRACTING = {"Conv": 1, "ConvTranspose": 1, "Gemm": None, "MatMul": -1}

@@ -6,7 +6,12 @@ import numpy as np
 from onnx import helper
 
 from irprune.api import prune
-from tests.helpers import make_model
+from tests.helpers import make_model, node_weight, run
+from tests.oracles import count_macs
+
+
+def _rel_l2(expected: np.ndarray, got: np.ndarray) -> float:
+    return float(np.linalg.norm(got - expected) / np.linalg.norm(expected))
 
 
 def test_sensitivity_prunes_the_branch_that_does_not_matter() -> None:
@@ -33,8 +38,14 @@ def test_sensitivity_prunes_the_branch_that_does_not_matter() -> None:
     calib = {"x": rng.standard_normal((32, 3, 4, 4)).astype(np.float32)}
     kw = dict(target_flops=0.6, round_to=1, calib=calib, measure_latency=False)
     sens = prune(model, strategy="sensitivity", **kw)
-    kept = {g["sources"][0]: g["kept"] for g in sens.report["groups"]}
+    # widths, MACs and the error are read off the written models, on held-out inputs
+    kept = {conv: node_weight(sens.model, conv).shape[0] for conv in ("ca", "cb")}
     assert kept["ca"] > kept["cb"] + 4
-    assert 0.58 <= sens.report["cost"]["ratio"]["macs"] <= 0.6
+    assert 0.58 <= count_macs(sens.model) / count_macs(model) <= 0.6
     glob = prune(model, strategy="global", **kw)
-    assert sens.report["fidelity"]["rel_l2"] < glob.report["fidelity"]["rel_l2"]
+    held_out = {"x": rng.standard_normal((64, 3, 4, 4)).astype(np.float32)}
+    (expected,) = run(model, held_out)
+    sens_err = _rel_l2(expected, run(sens.model, held_out)[0])
+    glob_err = _rel_l2(expected, run(glob.model, held_out)[0])
+    # measured: 3.3e-4 vs 5.4e-2 (the cut branch reads its channels with 1e-3 weights)
+    assert sens_err < 1e-2 and sens_err < 0.1 * glob_err, (sens_err, glob_err)
