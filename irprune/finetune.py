@@ -16,6 +16,13 @@ lr 0.05: the setting that recovers every digits net within a point in 5 epochs, 
 or Adam, a cosine learning-rate schedule over all steps, seeded shuffling. torch is imported
 only when ``finetune`` runs.
 
+Training never makes the model worse on data it did not train on: a seeded tenth of the rows
+(at most ``MAX_HELD_OUT``; none below 20 rows) is held out, its loss measured in eval mode
+before training and after every epoch, and the weights of the best of these (the model as given
+included) are the ones returned (``FinetuneResult.held_out``, ``best_epoch``). When no epoch
+improves on the model as given (e.g. a learning rate too high for a pretrained model), the model
+is returned unchanged, byte for byte, with a warning.
+
 A model whose Conv/Gemm outputs are not normalised (an export with BN folded into the convs)
 trains with a temporary BatchNormalization after each of them (``backends.tempnorm``: set to
 the identity from the statistics on ``data``, trained on batch statistics, re-estimated and
@@ -51,6 +58,7 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 5e-2}
+MAX_HELD_OUT = 256  # rows held out to choose the epoch returned (a tenth of the data at most)
 Progress = Callable[[int, int, int, float], None]  # (epoch, step, steps per epoch, loss)
 Source = str | Path | onnx.ModelProto
 
@@ -62,6 +70,8 @@ class FinetuneResult:
     seconds: float
     serialized: bytes = field(default=b"", repr=False)
     temporary_norms: int = 0  # BatchNormalization nodes added for training and folded back
+    held_out: list[float] = field(default_factory=list)  # before training, then per epoch
+    best_epoch: int = 0  # the epoch whose weights were returned (0: the model as given)
 
     def save(self, path: str | Path) -> Path:
         return atomic_write(self.serialized or self.model, path)
@@ -125,15 +135,20 @@ def finetune(
     module, normalised = torch_norm.prepare(student, feeds, enabled=normalise)
     module.train_batch_norm(not freeze_bn)
     teacher_session = session(load_model(teacher), threads=2) if teacher is not None else None
-    losses = _train(torch, module, feeds, targets, teacher_session, setup, progress)
-    torch_norm.finish(student, module, normalised, feeds)
+    losses, held = _train(torch, module, feeds, targets, teacher_session, setup, progress)
+    best = int(np.argmin(held)) if held else epochs
+    if best == 0:  # no epoch beat the model as given: return it as it came, byte for byte
+        trained = load_model(model).SerializeToString()
+    else:
+        torch_norm.finish(student, module, normalised, feeds)
+        trained = to_model(student).SerializeToString()
     seconds = time.perf_counter() - start
-    trained = to_model(student).SerializeToString()
     first = {k: v[: min(batch, 8)] for k, v in feeds.items()}
     verify(trained, first)
     log.info("fine-tuned %d epochs in %.1f s; losses %s", epochs, seconds, losses)
     count = 0 if normalised is None else len(normalised.norms)
-    return FinetuneResult(onnx.ModelProto.FromString(trained), losses, seconds, trained, count)
+    model_out = onnx.ModelProto.FromString(trained)
+    return FinetuneResult(model_out, losses, seconds, trained, count, held, best)
 
 
 def batch_bounds(rows: int, batch: int) -> list[tuple[int, int]]:
@@ -195,6 +210,13 @@ def _data(
     return arrays, targets
 
 
+def held_out_rows(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows): a seeded tenth held out, at most ``MAX_HELD_OUT``."""
+    held = min(MAX_HELD_OUT, rows // 10) if rows >= 20 else 0
+    order = np.random.default_rng(seed + 1).permutation(rows)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
 def _train(
     torch: Any,
     module: GraphModule,
@@ -203,9 +225,11 @@ def _train(
     teacher: Any,
     setup: _Setup,
     progress: Progress | None,
-) -> list[float]:
-    rows = len(next(iter(feeds.values())))
-    bounds = batch_bounds(rows, setup.batch)
+) -> tuple[list[float], list[float]]:
+    """Train; returns the mean training loss of each epoch and the held-out losses (before
+    training, then after each epoch), the module left at the best of those."""
+    fit, held = held_out_rows(len(next(iter(feeds.values()))), setup.seed)
+    bounds = batch_bounds(len(fit), setup.batch)
     per_epoch = len(bounds)
     params = [p for p in module.parameters() if p.requires_grad]
     if setup.optimizer == "adam":
@@ -214,11 +238,12 @@ def _train(
         opt = torch.optim.SGD(params, lr=setup.lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, setup.epochs * per_epoch)
     gen = torch.Generator().manual_seed(setup.seed)
+    check = _HeldOut(torch, module, feeds, targets, teacher, setup, held)
     losses = []
     module.train()
     for epoch in range(setup.epochs):
         total = 0.0
-        order = torch.randperm(rows, generator=gen).numpy()
+        order = fit[torch.randperm(len(fit), generator=gen).numpy()]
         label = f"fine-tuning epoch {epoch + 1}/{setup.epochs}"
         for step, (a, b) in enumerate(track(bounds, label)):
             idx = order[a:b]
@@ -234,8 +259,75 @@ def _train(
             if progress is not None:
                 progress(epoch, step, per_epoch, float(loss))
         losses.append(total / per_epoch)
+        check.after_epoch()
     module.eval()
-    return losses
+    return losses, check.restore_best()
+
+
+def _take(arrays: Mapping[Any, np.ndarray], rows: np.ndarray) -> dict[Any, np.ndarray]:
+    return {k: v[rows] for k, v in arrays.items()}
+
+
+class _HeldOut:
+    """The held-out loss of the module in eval mode, and the weights of its best epoch."""
+
+    def __init__(
+        self,
+        torch: Any,
+        module: GraphModule,
+        feeds: Mapping[str, np.ndarray],
+        targets: Mapping[int | str, np.ndarray],
+        teacher: Any,
+        setup: _Setup,
+        rows: np.ndarray,
+    ) -> None:
+        self.torch, self.module, self.setup = torch, module, setup
+        bounds = batch_bounds(len(rows), setup.batch) if len(rows) else []
+        self.chunks = [(_take(feeds, rows[a:b]), _take(targets, rows[a:b])) for a, b in bounds]
+        self.taught = [_teach(teacher, c) if teacher is not None else None for c, _ in self.chunks]
+        self.losses: list[float] = []
+        self.best: dict[str, Any] | None = None
+        if self.chunks:
+            self.after_epoch()
+
+    def loss(self) -> float:
+        self.module.eval()
+        total = 0.0
+        with self.torch.no_grad():
+            for (chunk, wanted), taught in zip(self.chunks, self.taught, strict=True):
+                out = self.module.run(chunk)
+                total += float(
+                    _loss(self.torch, self.module, out, wanted, taught, self.setup.temperature)
+                )
+        self.module.train()
+        return total / len(self.chunks)
+
+    def after_epoch(self) -> None:
+        if not self.chunks:
+            return
+        value = self.loss()
+        if not self.losses or value < min(self.losses):
+            self.best = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        self.losses.append(value)
+
+    def restore_best(self) -> list[float]:
+        if self.best is None:
+            return self.losses
+        best = int(np.argmin(self.losses))
+        if best != len(self.losses) - 1:
+            self.module.load_state_dict(self.best)
+            log.info(
+                "held-out loss best after epoch %d of %d: those weights are kept",
+                best,
+                len(self.losses) - 1,
+            )
+        if best == 0:
+            log.warning(
+                "fine-tuning did not lower the held-out loss (%.4g before, %.4g at best after an "
+                "epoch): the model is returned as given; try a smaller learning rate (--lr)",
+                self.losses[0], min(self.losses[1:]),
+            )  # fmt: skip
+        return self.losses
 
 
 def _teach(teacher: Any, chunk: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
