@@ -247,8 +247,7 @@ def _train(
         label = f"fine-tuning epoch {epoch + 1}/{setup.epochs}"
         for step, (a, b) in enumerate(track(bounds, label)):
             idx = order[a:b]
-            chunk = {k: v[idx] for k, v in feeds.items()}
-            wanted = {k: v[idx] for k, v in targets.items()}
+            chunk, wanted = _take(feeds, idx), _take(targets, idx)
             taught = _teach(teacher, chunk) if teacher is not None else None
             loss = _loss(torch, module, module.run(chunk), wanted, taught, setup.temperature)
             opt.zero_grad(set_to_none=True)

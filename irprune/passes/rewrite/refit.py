@@ -64,8 +64,7 @@ class _Target:
     original: Node
     outputs: np.ndarray
     bias: bool = True  # solve for a bias column
-    ata: np.ndarray | None = None  # normal equations of the fitting rows
-    aty: np.ndarray | None = None
+    fit: _Normal | None = None  # normal equations of the fitting rows
     held: _Normal | None = None  # and of the held-out rows
 
 
@@ -77,10 +76,16 @@ class _Normal:
     aty: np.ndarray
     yty: float
 
-    def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        self.ata += a.T @ a
-        self.aty += a.T @ b
-        self.yty += float(np.sum(b * b))
+    @staticmethod
+    def add(normal: _Normal | None, a: np.ndarray, b: np.ndarray) -> _Normal:
+        """``normal`` (None: empty) with the rows ``a`` -> ``b`` added."""
+        if normal is None:
+            d, m = a.shape[1], b.shape[1]
+            normal = _Normal(np.zeros((d, d)), np.zeros((d, m)), 0.0)
+        normal.ata += a.T @ a
+        normal.aty += a.T @ b
+        normal.yty += float(np.sum(b * b))
+        return normal
 
     def error(self, w: np.ndarray) -> float:
         """||Y - X W||^2 over these rows."""
@@ -346,7 +351,7 @@ def _refit_chunk(seen: Sweep, wanted: Sweep, chunk: list[_Target], total: int, r
         start += n
     done = 0
     for k, t in enumerate(chunk):
-        if k in skipped or t.ata is None or t.aty is None:
+        if k in skipped or t.fit is None:
             log.info("not refit (unsupported or too wide): %s", t.pruned)
             continue
         sol = _solve(t, ridge)
@@ -367,16 +372,9 @@ def _held_out(rows: np.ndarray | None, full: int, n: int, start: int) -> np.ndar
 
 
 def _accumulate(t: _Target, a: np.ndarray, b: np.ndarray, held: np.ndarray) -> None:
-    fit, out = a[~held], b[~held]
-    if t.ata is None or t.aty is None:
-        t.ata, t.aty = fit.T @ fit, fit.T @ out
-    else:
-        t.ata += fit.T @ fit
-        t.aty += fit.T @ out
+    t.fit = _Normal.add(t.fit, a[~held], b[~held])
     if held.any():
-        if t.held is None:
-            t.held = _Normal(np.zeros_like(t.ata), np.zeros_like(t.aty), 0.0)
-        t.held.add(a[held], b[held])
+        t.held = _Normal.add(t.held, a[held], b[held])
 
 
 def _current(node: Node, bias: bool) -> np.ndarray:
@@ -407,13 +405,14 @@ def _ridge_solve(ata: np.ndarray, aty: np.ndarray, prior: np.ndarray, scale: flo
 def _solve(t: _Target, ridge: float) -> np.ndarray | None:
     """The refit solution (see the module doc), or None when the weights as pruned predict the
     held-out rows best."""
-    assert t.ata is not None and t.aty is not None
+    fit = t.fit
+    assert fit is not None
     prior = _current(t.pruned, t.bias)
     if t.held is None:  # too few samples to hold any out
-        return _ridge_solve(t.ata, t.aty, prior, ridge)
-    errors = {s: t.held.error(_ridge_solve(t.ata, t.aty, prior, s)) for s in RIDGES}
+        return _ridge_solve(fit.ata, fit.aty, prior, ridge)
+    errors = {s: t.held.error(_ridge_solve(fit.ata, fit.aty, prior, s)) for s in RIDGES}
     best = min(errors, key=errors.__getitem__)
     if t.held.error(prior) <= errors[best]:
         return None
     log.debug("%s: ridge %g (held-out error %.4g)", t.pruned, best, errors[best])
-    return _ridge_solve(t.ata + t.held.ata, t.aty + t.held.aty, prior, best)
+    return _ridge_solve(fit.ata + t.held.ata, fit.aty + t.held.aty, prior, best)

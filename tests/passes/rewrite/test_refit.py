@@ -17,9 +17,7 @@ def test_held_out_error_is_the_residual_norm() -> None:
     a = RNG.standard_normal((50, 6))
     y = RNG.standard_normal((50, 3))
     w = RNG.standard_normal((6, 3))
-    normal = _Normal(np.zeros((6, 6)), np.zeros((6, 3)), 0.0)
-    normal.add(a[:20], y[:20])
-    normal.add(a[20:], y[20:])
+    normal = _Normal.add(_Normal.add(None, a[:20], y[:20]), a[20:], y[20:])
     assert np.isclose(normal.error(w), float(np.sum((y - a @ w) ** 2)))
 
 
