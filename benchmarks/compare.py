@@ -333,7 +333,7 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def pivot(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    """The same rows, compact (for the README): one line per model, one column per tool, cell =
+    """The same rows, compact (for docs/peers.md): one line per model, one column per tool, cell =
     speedup at 1 / 2 threads (top-1 % on the digits nets); '!' marks a row that is not OK."""
     tools = [t for t in TOOLS if any(r["tool"] == t for r in rows)]
     t1, t2 = args.threads[0], args.threads[-1]

@@ -43,7 +43,7 @@ def load(paths: list[Path]) -> list[Row]:
     rows: dict[tuple[Any, ...], Row] = {}
     for path in paths:
         for row in _read(path):
-            if row.get("calib"):  # the synthetic rows are tabled in the README's Data-free part
+            if row.get("calib"):  # the synthetic rows are tabled in docs/datafree.md
                 continue
             key = tuple(row[k] for k in FIELDS[:6])
             rows[key] = {k: row[k] for k in FIELDS if k in row}

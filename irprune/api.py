@@ -79,7 +79,7 @@ log = logging.getLogger(__name__)
 REWRITES = ("drop", "merge", "compensate", "reconstruct")
 REFERENCE_REWRITES = ("compensate", "reconstruct")  # compare against the original graph
 CALIBRATED_REWRITES = ("reconstruct",)  # compensate without --calib uses BN statistics
-DEFAULT_ROUND_TO = 16  # measured: benchmarks/spine.py, see README
+DEFAULT_ROUND_TO = 16  # measured: benchmarks/spine.py, see docs/benchmarks.md
 DEFAULT_MAX_PRUNE = 0.9
 
 
@@ -217,7 +217,7 @@ def prune(
     ``"fx"`` (symbolic trace), ``"export"`` (torch.export) or ``"auto"`` (fx, else export).
 
     ``rewrite`` None picks the default measured best on real data (benchmarks/quality.py, see
-    the README): ``reconstruct`` with calibration data; without it, ``reconstruct`` on data
+    docs/quality.md): ``reconstruct`` with calibration data; without it, ``reconstruct`` on data
     synthesised from the model when that is affordable (``synthesize.data_free_calibration``:
     small and mid-size nets, torch extra), else ``compensate`` (from BN statistics).
     ``labels`` (rows aligned with ``calib``) give the gradient criteria (``taylor``,
@@ -233,7 +233,7 @@ def prune(
     Kept widths are multiples of ``round_to`` where the group allows; when that would cut some
     group by more than half, groups narrower than ``3 * round_to`` round finer (to 8 at the
     default 16) unless ``strict_rounding``: on CPUs whose kernels work in blocks of 16 channels,
-    finer widths run slower (see the README's zoo measurements), so strict rounding trades some
+    finer widths run slower (docs/benchmarks.md, the zoo), so strict rounding trades some
     accuracy for speed.
     ``target_latency`` is a fraction of the original's onnxruntime CPU latency at batch
     1 with ``latency_threads`` threads, measured on this machine (see :mod:`passes.latency`).

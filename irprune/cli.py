@@ -139,7 +139,7 @@ def _prune_parser() -> _Parser:
         type=_calib,
         metavar="FILE.npz|synthetic[:N]",
         help=".npz of arrays keyed by input name, or synthetic[:N]: N inputs (default 128) made "
-        "from the model's BN statistics (torch extra; see README Data-free). Default: "
+        "from the model's BN statistics (torch extra; see docs/datafree.md). Default: "
         "synthetic where that is estimated at most 5 CPU minutes, else none",
     )
     p.add_argument(

@@ -12,7 +12,7 @@ labels) and mean squared error otherwise; with a ``teacher`` (the original model
 onnxruntime), knowledge distillation: KL divergence between the softened softmaxes
 (``temperature``, scaled by T^2, Hinton et al. 2015) for classifier outputs, MSE divided by the
 teacher output's variance otherwise; with both, their sum. SGD with Nesterov momentum (default,
-lr 0.05: the setting that recovers every digits net within a point in 5 epochs, see the README)
+lr 0.05: the setting that recovers every digits net within a point in 5 epochs: docs/training.md)
 or Adam, a cosine learning-rate schedule over all steps, seeded shuffling. torch is imported
 only when ``finetune`` runs.
 

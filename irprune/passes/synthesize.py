@@ -51,7 +51,7 @@ DEFAULT_SAMPLES = 128
 # auto: bn if the model has explicit BN, else prior; bn: BN-statistics inversion; prior: Conv
 # outputs to mean 0 / std 1 (folded BN); class: only the class loss; noise: Gaussian inputs
 METHODS = ("auto", "bn", "prior", "class", "noise")
-# total-variation weight per method. Measured on the digits nets (README): a TV prior of 0.1
+# total-variation weight per method. Measured on the digits nets (docs/datafree.md): TV 0.1
 # moved bn and prior results by -1.8..+1.8 points, no more than changing the seed does, so the
 # statistics methods run without it; the class method needs it for image-like inputs
 DEFAULT_TV = {"bn": 0.0, "prior": 0.0, "class": 0.05, "noise": 0.0}
@@ -351,7 +351,7 @@ def import_for_synthesis(model: onnx.ModelProto) -> Graph:
 # --- the default data-free setting ------------------------------------------------------------
 # Without calibration data and without a chosen rewrite, synthesise when it is cheap enough:
 # measured on the digits nets at 0.5 FLOPs it loses 0.7-2.9 points where `compensate` falls to
-# chance (README "Data-free"). Tests of other features turn it off (tests/conftest.py).
+# chance (docs/datafree.md). Tests of other features turn it off (tests/conftest.py).
 AUTO_SYNTHESIS = True
 # CPU seconds per input per Adam step on the torch backend (1 thread), fitted on six models (the
 # three digits nets, the demo, the reference MobileNetV2 and DenseNet): per MAC and per float

@@ -421,7 +421,7 @@ def test_cli_default_without_data_says_it_synthesised(
 @pytest.mark.parametrize(
     ("net", "style", "max_points"),
     [
-        ("vgg_small", "explicit", 3.0),  # measured -0.9 (README)
+        ("vgg_small", "explicit", 3.0),  # measured -0.9 (docs/datafree.md)
         ("vgg_small", "folded", 3.0),  # the folded-BN prior; measured -1.1
         # measured -0.7 in both styles once narrow groups round finer (-4.0 / -5.8 before)
         ("resnet20", "explicit", 3.0),
@@ -431,8 +431,8 @@ def test_cli_default_without_data_says_it_synthesised(
     ],
 )
 def test_digits_default_without_data(net: str, style: str, max_points: float) -> None:
-    """The measured bounds (README) of the default without data (synthetic calibration, then
-    reconstruct) at 0.5 FLOPs: no calibration argument, no rewrite."""
+    """The measured bounds (docs/datafree.md) of the default without data (synthetic
+    calibration, then reconstruct) at 0.5 FLOPs: no calibration argument, no rewrite."""
     from models.digits import accuracy, cached_digits_onnx, load_digits_split
 
     path = cached_digits_onnx(net, style, Path(tempfile.gettempdir()) / "irprune-digits")
