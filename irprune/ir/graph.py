@@ -282,6 +282,22 @@ class Graph:
             out.const = np.asarray(array)
             out.shape = out.sample = tuple(out.const.shape)
 
+    def remove_dead_nodes(self, roots: Iterable[Node]) -> int:
+        """Remove ``roots`` whose outputs nobody reads, then their producers left unread, in
+        turn; returns how many nodes went. Nodes with subgraphs stay."""
+        pending, removed = list(roots), 0
+        while pending:
+            node = pending.pop()
+            if node not in self.nodes or node.implicit_inputs:
+                continue
+            if any(o.uses or self.is_graph_output(o) for o in node.outputs):
+                continue
+            producers = [v.producer for v in node.inputs if v is not None and v.producer]
+            self.remove_node(node)
+            removed += 1
+            pending += producers
+        return removed
+
     def remove_unused_constants(self) -> int:
         """Drop initializers nobody reads; returns how many were removed."""
         boundary = {id(v) for v in (*self.inputs, *self.outputs)}

@@ -14,6 +14,11 @@ A node is folded when every input is a constant and it is
   symbolic dim (the batch) is never folded, so dynamic dims stay dynamic.
 Nodes producing graph outputs, with subgraphs, outside the default domain, or whose result would
 exceed ``MAX_ELEMENTS`` stay. Values are computed by onnx's reference implementation.
+
+Then the initial states of LSTM, GRU and RNN nodes that are all zeros (a zero constant, or a
+``ConstantOfShape`` of zero, as exporters build them from the run-time batch size) are dropped,
+with the nodes that only computed them: a missing initial state is zero by the operators'
+definition, so this is exact, and it leaves the hidden size free of run-time shape arithmetic.
 """
 
 from __future__ import annotations
@@ -98,7 +103,48 @@ def fold_constants(graph: Graph) -> int:
         value.storage = storage
     if folded:
         log.info("folded %d constant nodes", folded)
+    dropped = drop_zero_states(graph)
+    if dropped:
+        log.info("dropped %d all-zero recurrent initial states", dropped)
     return folded
+
+
+_RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
+_STATES = (5, 6)  # initial_h, initial_c (LSTM)
+
+
+def drop_zero_states(graph: Graph) -> int:
+    """Unset every recurrent node's initial state that is all zeros; returns how many."""
+    dropped, producers = 0, []
+    for node in graph.nodes:
+        if node.op_type not in _RECURRENT or node.domain not in ("", "ai.onnx"):
+            continue
+        for index in _STATES:
+            state = node.input(index)
+            if state is None or not _all_zero(state):
+                continue
+            graph.set_input(node, index, None)
+            dropped += 1
+            if state.producer is not None:
+                producers.append(state.producer)
+    graph.remove_dead_nodes(producers)
+    graph.remove_unused_constants()
+    return dropped
+
+
+def _all_zero(value: Value) -> bool:
+    if value.const is not None:
+        return not np.any(value.const)
+    node = value.producer
+    if node is None or node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
+        return False
+    fill = node.attr("value")
+    if fill is None:
+        return True  # the default fill is a float 0
+    if not isinstance(fill, Opaque):
+        return False
+    tensor = onnx.AttributeProto.FromString(fill.data).t
+    return not np.any(numpy_helper.to_array(tensor))
 
 
 _NARROW_FLOATS = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)

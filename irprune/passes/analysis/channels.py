@@ -307,17 +307,37 @@ class Context:
             why = "a graph input" if id(value) in self.input_ids else "fixed channels"
             self.freeze(layout, f"{self.label(node)}: coupled with {value.name!r} ({why})")
 
-    def source(self, node: Node, w_index: int, w_axis: int, out: Value, out_axis: int) -> Layout:
+    def source(
+        self,
+        node: Node,
+        w_index: int,
+        w_axis: int,
+        out: Value | None,
+        out_axis: int,
+        *,
+        outer: int = 1,
+    ) -> Layout:
+        """New channels made by ``node``'s weight axis, which holds ``outer`` blocks of them (an
+        LSTM's W rows are gates x hidden: outer 4); returns their layout, which ``out``'s axis
+        takes (None: the caller places it)."""
         weight = node.inputs[w_index]
         assert weight is not None and weight.const is not None
-        size = int(weight.const.shape[w_axis])
+        size = int(weight.const.shape[w_axis]) // outer
         root = self._new_root(size)
         layout = lay.single(root, size)
+        self.add_source(root, node, w_index, w_axis, out or node.outputs[0])
+        self.tie(node, w_index, w_axis, (Segment(root, size, outer=outer),))
+        if out is not None:
+            self.set_layout(out, out_axis, layout)
+        return layout
+
+    def add_source(self, root: int, node: Node, w_index: int, w_axis: int, out: Value) -> None:
+        """Score ``root``'s channels by (one more of) ``node``'s weights; the caller ties the
+        weight's layout."""
+        weight = node.required(w_index)
+        assert weight.const is not None
         src = Source(self.label(node), weight.name, w_axis % weight.const.ndim, out.name)
         self.sources.append((root, src))
-        self.tie(node, w_index, w_axis, layout)
-        self.set_layout(out, out_axis, layout)
-        return layout
 
     def refuse(self, node: Node, reason: str) -> None:
         """Record why ``node``'s rule leaves some of its inputs unmapped."""

@@ -296,11 +296,10 @@ def refit(
     ``new_params``, a consumer with nowhere to keep a bias is refit without one."""
     pairs = []
     for p, o in refit_targets(pruned, original):
-        if rnn.is_recurrent(p):  # every gate row is a target (see refit_recurrent)
-            weight = p.required(1).const
-            assert weight is not None  # refit_targets keeps constant weights only
-            rows = int(np.prod(weight.shape[:2]))
-            pairs.append(_Target(p, o, np.arange(rows), rnn.can_take_bias(p, new_params)))
+        if rnn.is_recurrent(p):  # every kept gate row is a target (see refit_recurrent)
+            layout = analysis.layout(o.required(1).name, 1)
+            rows = rnn.kept_rows(o, layout, plan.kept)
+            pairs.append(_Target(p, o, rows, rnn.can_take_bias(p, new_params)))
             continue
         outputs = kept_outputs(o, analysis, plan)
         if p.op_type in ("Conv", "Gemm", "MatMul") and outputs is not None:

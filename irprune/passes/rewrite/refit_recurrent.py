@@ -4,10 +4,11 @@ A recurrent node is not linear in its input, but its gates' input part is: per d
 ``P_d = X W_d^T + Wb_d`` ([rows, gates * hidden], one row per time step and sample), and
 everything else the node computes (R H_{t-1}, the gate functions, the state) reads X only
 through P. When input features are dropped, refitting W' and Wb' so that the pruned X
-reproduces the original's P is the same problem as refitting a linear layer (``refit``), with
-the original P as the target: it is computed from the original node's input and weights, since
-P is no value of the graph. All directions read the same X, so they are solved together as one
-consumer whose outputs are the D * gates * hidden gate rows.
+reproduces the original's P (its rows of the kept hidden units, when those are pruned too) is
+the same problem as refitting a linear layer (``refit``), with the original P as the target:
+it is computed from the original node's input and weights, since P is no value of the graph.
+All directions read the same X, so they are solved together as one consumer whose outputs are
+the D * gates * hidden gate rows.
 
 Rows are taken batch-major (``layout`` 0 gives X as [seq, batch, input]; it is moved to
 [batch, seq, input]) so that a sample's rows are contiguous, as the held-out split expects.
@@ -17,9 +18,13 @@ gets one (Rb zero) only when new parameters are allowed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from irprune.ir import Graph, Node, Value
+from irprune.passes.analysis import layout as lay
+from irprune.passes.analysis.layout import Layout
 
 RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
 
@@ -54,6 +59,16 @@ def gate_inputs(original: Node, x: np.ndarray) -> np.ndarray:
     w = _weights(original)
     rows = batch_major(original, x).reshape(-1, w.shape[2]).astype(np.float64)
     return rows @ w.reshape(-1, w.shape[2]).T + _input_bias(original)
+
+
+def kept_rows(original: Node, layout: Layout | None, kept: Mapping[int, np.ndarray]) -> np.ndarray:
+    """Which of the original's D * G * H gate rows survive: the rows of its kept hidden units
+    (``layout``: W's axis 1, gates x hidden; None when the hidden size is not pruned)."""
+    w = original.required(1).const
+    assert w is not None  # refit_targets keeps constant weights only
+    directions, rows = int(w.shape[0]), int(w.shape[1])
+    per_direction = lay.positions(layout, kept) if layout is not None else np.arange(rows)
+    return (np.arange(directions)[:, None] * rows + per_direction[None]).ravel()
 
 
 def design(node: Node, x: np.ndarray) -> np.ndarray:

@@ -334,6 +334,29 @@ def test_channel_count_in_arithmetic_freezes() -> None:
     assert "Shape 'n_shape': a channel count flows into Mul 'times16'" in g.frozen
 
 
+def test_rows_as_a_run_time_product_of_batch_and_positions() -> None:
+    """Channels last, then [N * H * W, C] with the rows computed as Shape(t)[0] * Shape(t)[1] *
+    Shape(t)[2] (Mul): a product of sizes that carry no channels sets a row axis; the channel
+    entry is Shape(t)[3], so the group prunes and the rows follow the batch at run time."""
+    nodes = [
+        helper.make_node("Transpose", ["a"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("Shape", ["t"], ["ts"]),
+        *[helper.make_node("Gather", ["ts", f"i{k}"], [f"d{k}"]) for k in range(4)],
+        helper.make_node("Mul", ["d0", "d1"], ["p01"]),
+        helper.make_node("Mul", ["p01", "d2"], ["rows"]),
+        helper.make_node("Unsqueeze", ["rows", "ax0"], ["rows_v"]),
+        helper.make_node("Unsqueeze", ["d3", "ax0"], ["c_v"]),
+        helper.make_node("Concat", ["rows_v", "c_v"], ["target"], axis=0),
+        helper.make_node("Reshape", ["t", "target"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["out"], "fc", transB=1),
+    ]
+    inits = {f"i{k}": np.array(k, dtype=np.int64) for k in range(4)}
+    model = _conv_then(nodes, {**inits, "ax0": ints(0), "fc": w(5, 8)}, ["M", 5])
+    analysis = drop_half_and_check(model)
+    g = group_of(analysis, "c1")
+    assert g.prunable and analysis.layout("f", 1) == (Segment(g.id, 8),)
+
+
 def test_literal_channel_count_that_cannot_be_rewritten_freezes() -> None:
     """[N, 8, -1] with the 8 from an Unsqueeze (not a constant input of the Concat)."""
     model = _conv_then(

@@ -11,10 +11,12 @@ channel entry is x's own count at run time, which follows the pruning by itself)
 (arithmetic, Expand, Range, a graph output, ...) the channel axes are left unmapped, refused
 with where the count goes, so their groups freeze.
 
-Entries of a shape vector (``entries``): each a literal int or ``Size(v, k)``, the run-time size
-of axis k of v, read through Constant, Shape (start/end), Gather (axis 0, constant indices),
-Slice (axis 0, constant bounds), Concat, Unsqueeze, Squeeze, Identity, Cast to an integer type
-and Reshape of a vector; anything else is unreadable (None).
+Entries of a shape vector (``entries``): each a literal int, ``Size(v, k)``, the run-time size
+of axis k of v, or a ``Product`` of such sizes (batch x sequence merged into one dim, as torch's
+exporter computes it with Mul), read through Constant, Shape (start/end), Gather (axis 0,
+constant indices), Slice (axis 0, constant bounds), Concat, Unsqueeze, Squeeze, Identity, Cast to
+an integer type, Reshape of a vector and Mul of one-entry vectors; anything else is unreadable
+(None). A channel count multiplied by anything is a leak (below): a product is never a width.
 
 Reshape targets (``read_target``), constant or computed: the output dims are resolved from the
 entries (0 copies the input's dim, -1 is inferred when the symbolic dims cancel, other unknown
@@ -59,8 +61,33 @@ class Size:
     axis: int
 
 
-Entry = int | Size
+@dataclass(frozen=True)
+class Product:
+    """``factor`` times the run-time sizes ``sizes`` (at least one)."""
+
+    sizes: tuple[Size, ...]
+    factor: int = 1
+
+
+Entry = int | Size | Product
 Entries = tuple[Entry, ...]
+
+
+def sizes_in(e: Entry) -> tuple[Size, ...]:
+    """The run-time sizes an entry reads."""
+    return e.sizes if isinstance(e, Product) else (e,) if isinstance(e, Size) else ()
+
+
+def _times(a: Entry, b: Entry) -> Entry:
+    factor = 1
+    for e in (a, b):
+        factor *= e.factor if isinstance(e, Product) else e if isinstance(e, int) else 1
+    sizes = (*sizes_in(a), *sizes_in(b))
+    if not sizes or factor == 0:
+        return factor
+    return sizes[0] if factor == 1 and len(sizes) == 1 else Product(sizes, factor)
+
+
 _MAX_DEPTH = 64
 _INT_TYPES = frozenset({2, 3, 4, 5, 6, 7, 12, 13})  # ONNX (u)int8/16/32/64
 
@@ -130,6 +157,13 @@ def _cast(node: Node, depth: int) -> Entries | None:
     return _same(node, depth) if node.attr("to") in _INT_TYPES else None
 
 
+def _mul(node: Node, depth: int) -> Entries | None:
+    a, b = entries(node.required(0), depth), entries(node.required(1), depth)
+    if a is None or b is None or len(a) != 1 or len(b) != 1:
+        return None
+    return (_times(a[0], b[0]),)
+
+
 def _flat(node: Node, depth: int) -> Entries | None:
     rank = node.required(0).rank
     return _same(node, depth) if rank is not None and rank <= 1 else None
@@ -145,13 +179,18 @@ _READERS: dict[tuple[str, str], Callable[[Node, int], Entries | None]] = {
     ("", "Identity"): _same,
     ("", "Cast"): _cast,
     ("", "Reshape"): _flat,
+    ("", "Mul"): _mul,
 }
-_DATA_INPUT_ONLY = {key for key in _READERS if key != ("", "Concat")}
+_DATA_INPUT_ONLY = {key for key in _READERS if key not in (("", "Concat"), ("", "Mul"))}
 
 
 # --- Shape --------------------------------------------------------------------------------------
 def _counts(values: Entries, x: Value, axes: set[int]) -> bool:
-    return any(isinstance(e, Size) and e.value is x and e.axis in axes for e in values)
+    return any(s.value is x and s.axis in axes for e in values for s in sizes_in(e))
+
+
+def _multiplied(values: Entries, x: Value, axes: set[int]) -> bool:
+    return any(isinstance(e, Product) and _counts((e,), x, axes) for e in values)
 
 
 def _leak(ctx: Context, vector: Value, x: Value, axes: set[int]) -> str | None:
@@ -169,7 +208,7 @@ def _leak(ctx: Context, vector: Value, x: Value, axes: set[int]) -> str | None:
             readable = user.key in _READERS and (i == 0 or user.key not in _DATA_INPUT_ONLY)
             out = user.outputs[0] if readable else None
             got = entries(out) if out is not None else None
-            if out is None or got is None:
+            if out is None or got is None or _multiplied(got, x, axes):
                 return f"{user.op_type} {ctx.label(user)!r}"
             if _counts(got, x, axes) and id(out) not in seen:
                 seen.add(id(out))
@@ -268,8 +307,9 @@ class Target:
     def fail(self, ctx: Context) -> None:
         """The Reshape is not mapped: a channel count in a run-time target freezes its group."""
         for e in self.entries if self.runtime else ():
-            if isinstance(e, Size) and (layout := ctx.get(e.value, e.axis)) is not None:
-                ctx.freeze(layout, f"{self._where(ctx)} reads a channel count it cannot map")
+            for size in sizes_in(e):
+                if (layout := ctx.get(size.value, size.axis)) is not None:
+                    ctx.freeze(layout, f"{self._where(ctx)} reads a channel count it cannot map")
 
     def check(self, ctx: Context) -> None:
         """Every entry of a run-time target follows the pruning (see the module docstring)."""
@@ -295,6 +335,8 @@ class Target:
         if isinstance(e, int) and self._rewritable(k):
             return
         what = f"the size of {e.value.name!r} axis {e.axis}" if isinstance(e, Size) else str(e)
+        if isinstance(e, Product):
+            what = " x ".join(f"the size of {s.value.name!r} axis {s.axis}" for s in e.sizes)
         why = f"its run-time target sets channel axis {k} to {what}, which cannot follow pruning"
         ctx.freeze(mine, f"{self._where(ctx)}: {why}")
 
@@ -336,6 +378,8 @@ def _resolve(ctx: Context, node: Node, got: Entries, in_dims: Shape) -> Shape:
     for k, e in enumerate(got):
         if isinstance(e, Size):
             dims.append(_size(ctx, e.value, e.axis))
+        elif isinstance(e, Product):
+            dims.append(_product(ctx, e))
         elif e == 0 and not node.attr("allowzero", 0):
             dims.append(in_dims[k] if k < len(in_dims) else None)
         else:
@@ -345,6 +389,13 @@ def _resolve(ctx: Context, node: Node, got: Entries, in_dims: Shape) -> Shape:
         dims[k] = _infer(in_dims, (*dims[:k], *dims[k + 1 :]))
     known = y.shape or ()
     return tuple(d if d is not None or k >= len(known) else known[k] for k, d in enumerate(dims))
+
+
+def _product(ctx: Context, e: Product) -> int | None:
+    """A product's value when every size in it is static (else shape inference's dim)."""
+    dims = [_size(ctx, s.value, s.axis) for s in e.sizes]
+    ints = [d for d in dims if isinstance(d, int)]
+    return e.factor * prod(ints) if len(ints) == len(dims) else None
 
 
 def _greedy(src: Shape, dst: Shape) -> tuple[list[tuple[range, range]], int, int]:
