@@ -24,6 +24,7 @@ from irprune.backends.torch import GraphModule, from_graph, update_graph
 from irprune.backends.torch_call import Args, Call, OpFn, Out
 from irprune.backends.torch_ops import OPS
 from irprune.ir import Graph
+from irprune.passes.calibration import limit_batch
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def prepare(
     if normalised is None:
         return from_graph(graph), None
     module = from_graph(normalised.graph)
-    measure(module, normalised, data, batch)
+    measure(module, normalised, data, limit_batch(graph, batch))
     return module, normalised
 
 
@@ -59,7 +60,7 @@ def finish(
     if normalised is None:
         update_graph(graph, module)
         return
-    reestimate(module, data, batch)
+    reestimate(module, data, limit_batch(graph, batch))
     update_graph(normalised.graph, module)
     normalised.fold_into(graph)
 

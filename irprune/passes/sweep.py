@@ -8,7 +8,9 @@ that slice), and keeps, per calibration batch, every value that a node still to 
 (the frontier). Nodes downstream of the requested values have not run, so a repair may still
 change them before the next ``run``; a node that has run must not change afterwards.
 
-A model whose inputs fix a batch smaller than ``batch`` is swept in batches of that size.
+A model whose inputs fix a batch smaller than ``batch`` is swept in batches of that size: a
+slice run on more samples would be split into runs of that size by ``run_batched``, and values
+that are not batch-major (shape vectors, a recurrent node's [seq, batch, ...]) cannot be joined.
 
 Memory: the frontier of every batch is kept (one batch at a time is only possible when every
 level re-runs the graph from its inputs). Arrays beyond ``spill_bytes`` in total go to ``.npy``
@@ -29,7 +31,7 @@ from irprune import progress
 from irprune.emit.onnx import slice_model
 from irprune.emit.verify import run_batched, session
 from irprune.ir import Graph, Node, Value
-from irprune.passes.calibration import batches
+from irprune.passes.calibration import batches, limit_batch
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +76,6 @@ class _Store:
             self.folder = None
 
 
-def fixed_batch(graph: Graph, batch: int) -> int:
-    """``batch``, or the smaller batch a graph input fixes (ddddocr's [1, 1, 64, W]): a slice of
-    such a model run on more samples would be split into runs of that size by ``run_batched``,
-    and values that are not batch-major (shape vectors, a recurrent node's [seq, batch, ...])
-    cannot be joined again, so every sweep batch is one run."""
-    fixed = [
-        v.shape[0]
-        for v in graph.inputs
-        if v.shape and isinstance(v.shape[0], int) and 0 < v.shape[0] < batch
-    ]
-    return min(fixed, default=batch)
-
-
 class Sweep:
     """One forward pass of ``graph`` over ``feeds``, advanced in slices by ``run``."""
 
@@ -103,7 +92,7 @@ class Sweep:
         self.threads = threads
         self.store = _Store(spill_bytes)
         self.batches = 0
-        for chunk in batches(feeds, fixed_batch(graph, batch)):
+        for chunk in batches(feeds, limit_batch(graph, batch)):
             self.batches += 1
             for name, array in chunk.items():
                 self.store.add(name, array)

@@ -153,3 +153,48 @@ def test_training_that_helps_keeps_its_last_epoch() -> None:
     teacher, student = _mlp(1), _mlp(2)
     result = finetune(student, {"x": X}, teacher=teacher, epochs=2, batch=8, lr=0.05)
     assert result.best_epoch == 2 and result.held_out[2] < result.held_out[0]
+
+
+def test_a_fixed_batch_model_trains_in_its_batch() -> None:
+    """ddddocr's idioms: input [1, 2, 4, 4] (a fixed batch, so folding bakes Shape(x)[0] = 1
+    into Reshape targets) and no BatchNormalization (a temporary one is measured, then folded):
+    training, the temporary BN's statistics and verification all run in batches of 1."""
+    images = np.random.default_rng(3).standard_normal((60, 2, 4, 4)).astype(np.float32)
+    student, teacher = _fixed_batch_net(4), _fixed_batch_net(5)
+    result = finetune(student, {"x": images[:40]}, teacher=teacher, epochs=2, batch=16, lr=0.05)
+    assert result.best_epoch > 0  # it trained, and kept a trained epoch
+    test = [{"x": images[i : i + 1]} for i in range(40, 60)]
+    want = np.concatenate([run(teacher, f)[0] for f in test])
+    got = np.concatenate([run(result.model, f)[0] for f in test])
+    before = np.concatenate([run(student, f)[0] for f in test])
+    assert got.shape == (20, 3, 1)
+    assert rel_diff(got, want) < rel_diff(before, want)
+
+
+def _fixed_batch_net(seed: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "wc", "bc"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Shape", ["r"], ["s"], start=0, end=1),
+        helper.make_node("Concat", ["s", "chw"], ["target"], axis=0),
+        helper.make_node("Reshape", ["r", "target"], ["f"]),
+        helper.make_node("Conv", ["f", "w2"], ["g"]),
+        helper.make_node("ReduceMean", ["g"], ["p"], axes=[2, 3], keepdims=0),
+        helper.make_node("Shape", ["p"], ["s2"]),
+        helper.make_node("Gather", ["s2", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axis0"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus1", "one"], ["target2"], axis=0),
+        helper.make_node("Reshape", ["p", "target2"], ["logits"]),  # its dims known at run time
+    ]
+    inits = {
+        "wc": (rng.standard_normal((4, 2, 3, 3)) * 0.3).astype(np.float32),
+        "bc": rng.standard_normal(4).astype(np.float32),
+        "chw": np.array([4, 4, 4], np.int64),
+        "w2": (rng.standard_normal((3, 4, 1, 1)) * 0.3).astype(np.float32),
+        "minus1": np.array([-1], np.int64),
+        "zero": np.array(0, np.int64),
+        "axis0": np.array([0], np.int64),
+        "one": np.array([1], np.int64),
+    }
+    return make_model(nodes, [("x", [1, 2, 4, 4])], [("logits", [1, 3, 1])], inits)
