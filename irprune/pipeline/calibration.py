@@ -1,0 +1,40 @@
+"""Synthetic calibration data: asked for, or chosen data-free when the user gave no data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from irprune.ir import Graph
+from irprune.ir.copy import copy_structure
+from irprune.passes import synthesize
+from irprune.passes.analysis.cost import CostModel
+from irprune.passes.synthesize import (
+    Synthesis,
+    Workload,
+    activation_elements,
+    data_free_calibration,
+    parse_spec,
+)
+
+
+def synthetic_calibration(
+    graph: Graph,
+    cost: CostModel,
+    calib: Any,
+    rewrite: str | None,
+    seed: int,
+    dry_run: bool = False,
+) -> Synthesis | None:
+    """Synthetic calibration data: asked for with ``calib="synthetic[:N]"``, or chosen by
+    ``data_free_calibration`` when the user gave neither data nor a rewrite (not for a dry
+    run, which rewrites nothing)."""
+    options = parse_spec(calib)
+    auto = calib is None and rewrite is None and not dry_run and synthesize.AUTO_SYNTHESIS
+    if options is None and not auto:
+        return None
+    # the synthesis extends a structural copy of the pipeline's graph (constants shared, not
+    # read again: a lazily read file stays mapped)
+    if options is not None:
+        return synthesize.synthesize(copy_structure(graph), options, seed=seed)
+    work = Workload(cost.evaluate().macs, activation_elements(graph))
+    return data_free_calibration(lambda: copy_structure(graph), work, seed)

@@ -1,0 +1,69 @@
+"""The reference run: the original model's onnxruntime session, its outputs on the feeds and at
+a second input shape, and the output declarations its own runs contradict."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from irprune.emit.verify import SecondShape, random_inputs, run_batched, session, warned_values
+from irprune.errors import InvalidModelError
+from irprune.shapes import InputShapes
+
+log = logging.getLogger(__name__)
+
+
+def original_warnings(lines: list[str]) -> frozenset[str]:
+    """The values whose declared shapes onnxruntime finds wrong in the original itself: the
+    written model keeps the original's output declarations, so it may warn on them too."""
+    names = warned_values(lines)
+    for line in lines:
+        log.info("onnxruntime (original model): %s", line)
+    if names:
+        log.warning(
+            "the input model declares shapes its own runs contradict (%s): kept as they are",
+            ", ".join(sorted(names)[:5]),
+        )
+    return names
+
+
+def original_session(original: bytes | Path) -> Any:
+    try:
+        # one run: packing would cost more than it saves; warnings (captured) name the values
+        # whose declared shapes the original contradicts
+        return session(original, prepack=False, warnings=True)
+    except Exception as exc:  # onnxruntime raises untyped errors
+        text = " ".join(str(exc).split())
+        raise InvalidModelError(f"onnxruntime cannot load the input model: {text}") from exc
+
+
+def second_shape(sess: Any, shapes: InputShapes, seed: int) -> SecondShape | None:
+    """Random inputs at the second shape and the original's output shapes on them; None when
+    no input dim is symbolic, or the original does not run there (then the result is verified
+    at the deployment shape only)."""
+    at = shapes.second()
+    if at is None:
+        return None
+    feeds = random_inputs(sess, shapes=at, seed=seed + 1)
+    try:
+        outputs = sess.run(None, feeds)
+    except Exception as exc:  # onnxruntime raises untyped errors
+        log.warning(
+            "the original model does not run at a second input shape (%s): the result is "
+            "verified at %s only",
+            " ".join(str(exc).split())[:200],
+            shapes.describe(),
+        )
+        return None
+    return SecondShape(feeds, tuple(tuple(int(d) for d in np.shape(a)) for a in outputs))
+
+
+def run_original(sess: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        return run_batched(sess, None, feeds)
+    except Exception as exc:  # onnxruntime raises untyped errors
+        text = " ".join(str(exc).split())
+        raise InvalidModelError(f"onnxruntime cannot run the input model: {text}") from exc
