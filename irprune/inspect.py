@@ -50,6 +50,7 @@ def inspect_model(
         "params": cost.evaluate().params,
         "prunable_macs_share": prunable_share(analysis, cost),
         "groups": groups,
+        "subgraph_macs": {k: dict(v) for k, v in cost.subgraph_macs.items()},
     }
     info["text"] = _text(info)
     info["edges"] = [
@@ -138,6 +139,11 @@ def _text(info: dict[str, Any]) -> str:
         f"{info['params'] / 1e6:.3f}M params at {_shape_text(info['input_shapes'])}",
         f"{len(groups)} channel groups, {len(groups) - len(frozen)} prunable; "
         f"{info['prunable_macs_share']:.1%} of MACs depend on prunable groups",
+        *(
+            f"not analysed or counted: {', '.join(f'{n} {op}' for op, n in ops.items())} "
+            f"inside the subgraphs of {node}"
+            for node, ops in info.get("subgraph_macs", {}).items()
+        ),
         "",
         f"{'group':>5} {'width':>6} {'MACs':>7}  {'status':<8} sources / reason",
     ]

@@ -184,3 +184,14 @@ def test_cli_dot_to_stdout_and_to_a_file(
     code, _, err = cli("inspect", tmp_path / "m.onnx", "--dot", "--json")
     assert code == 2 and "not allowed with" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.dot", "m.onnx"]
+
+
+def test_compute_inside_if_branches_is_stated(tmp_path: Path) -> None:
+    from tests.test_inputs import _rate_model
+
+    path = tmp_path / "rate.onnx"
+    onnx.save(_rate_model(conv_in_main=False), str(path))
+    info = inspect_model(path, {"x": (1, 3, 8, 8)})
+    assert info["macs"] == 0
+    assert list(info["subgraph_macs"].values()) == [{"Conv": 2}]
+    assert re.search(r"not analysed or counted: 2 Conv inside the subgraphs of \S+", info["text"])

@@ -205,6 +205,8 @@ def _allocate(
         log.info("round_to=%d cannot reach the target; trying %d", allowed.n, allowed.n // 2)
         allowed = allowed.halved(max_prune)
     floors = f"floors set by max_prune={max_prune:g}"
+    if not total and target.fraction < 1:
+        raise TargetError(nothing_counted(cost, target))
     _check_feasible(analysis, at(allowed.floors), total, target, ids, floors)
     group_scores = [np.asarray(scores.by_group[i]) for i in ids]
     if strategy == "global":
@@ -373,6 +375,29 @@ def _measure(
     if target.metric == "latency" and latency is not None:
         return latency.at
     raise ValueError(f"no cost model for the {target.metric} target")
+
+
+_NAMES = {"macs": "MACs", "params": "parameters"}
+
+
+def nothing_counted(cost: CostModel, target: Target) -> str:
+    """Why a target cannot be met when the analysed graph has none of its metric: nothing in
+    it can be pruned; where the model's compute is instead (subgraphs, not analysed)."""
+    metric = _NAMES.get(target.metric, target.metric)
+    goal = f"for the {target.metric} target {target.fraction:g}"
+    if not cost.subgraph_macs:
+        return f"nothing to prune: the model has no {metric} {goal}"
+    where = "; ".join(
+        f"{node} ({', '.join(f'{n} {op}' for op, n in ops.items())})"
+        for node, ops in list(cost.subgraph_macs.items())[:3]
+    )
+    more = len(cost.subgraph_macs) - 3
+    return (
+        f"nothing to prune: the model's compute is inside the subgraphs of {where}"
+        + (f" and {more} more nodes" if more > 0 else "")
+        + f", which channel analysis does not enter (If branches, Loop/Scan bodies); its main "
+        f"graph has no {metric} {goal}"
+    )
 
 
 def _check_feasible(

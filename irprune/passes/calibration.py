@@ -68,15 +68,24 @@ def limit_batch(graph: Graph, batch: int) -> int:
     return batch if fixed is None else min(batch, fixed)
 
 
+def _total(feeds: Mapping[str, np.ndarray]) -> int:
+    """The batch: the longest axis 0 (as ``run_batched`` takes it)."""
+    return max((np.shape(v)[0] for v in feeds.values() if np.ndim(v)), default=0)
+
+
 def batch_count(feeds: Mapping[str, np.ndarray], size: int) -> int:
-    total = len(next(iter(feeds.values())))
-    return -(-total // size)
+    return -(-_total(feeds) // size)
 
 
 def batches(feeds: Mapping[str, np.ndarray], size: int) -> Iterable[dict[str, np.ndarray]]:
-    total = len(next(iter(feeds.values())))
+    """``feeds`` in batches of ``size`` along axis 0; inputs given whole (a scalar, or an array
+    whose axis 0 is not the batch: ``inputs.whole_inputs``) go whole into every batch."""
+    total = _total(feeds)
     for start in range(0, total, size):
-        yield {k: v[start : start + size] for k, v in feeds.items()}
+        yield {
+            k: v[start : start + size] if np.ndim(v) and np.shape(v)[0] == total else v
+            for k, v in feeds.items()
+        }
 
 
 def iterate_exposed(

@@ -11,17 +11,22 @@ MACs count the ops with a ``macs`` rule (Conv, ConvTranspose, Gemm, MatMul) at b
 come from shape inference with the graph inputs' symbolic dims bound to 1, so dims computed at
 run time from the batch are still known. A dim that stays unknown is counted as 1 and named in
 ``unknown`` (the report warns). Parameters count floating-point constants; bytes count all.
+Nodes inside subgraphs (If branches, Loop and Scan bodies) are not analysed and not counted:
+``subgraph_compute`` names the nodes whose subgraphs hold MAC ops, so a target the counted
+MACs cannot meet can say where the rest is.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
+import onnx
 
-from irprune.ir import Graph, Value
+from irprune.ir import Graph, Opaque, Value
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.rules import RULES
 
@@ -63,6 +68,8 @@ class CostModel:
     unknown: tuple[str, ...] = ()  # values whose dims the MAC count could not see (counted as 1)
     # (value name, axis) -> row of ``factor_values``: the size of every axis with a layout
     axis_factor: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    # node -> {op type: count} of the MAC ops inside its subgraphs, which are not counted
+    subgraph_macs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def axis_size(self, values: np.ndarray, value: Value, axis: int) -> float | None:
         """One axis's size under the factor ``values``; the static dim where it has no layout."""
@@ -222,4 +229,35 @@ def build_cost_model(graph: Graph, analysis: ChannelAnalysis) -> CostModel:
         bytes=nbytes,
         unknown=tuple(sorted(b.unknown)),
         axis_factor=MappingProxyType(dict(b.index)),
+        subgraph_macs=MappingProxyType(subgraph_compute(graph)),
     )
+
+
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
+
+
+def subgraph_compute(graph: Graph) -> dict[str, dict[str, int]]:
+    """Node name -> {op type: count} of the MAC ops (``MAC_OPS``) anywhere inside its
+    subgraphs (nested ones included); nodes without any are left out."""
+    out: dict[str, dict[str, int]] = {}
+    for index, node in enumerate(graph.nodes):
+        ops: Counter[str] = Counter()
+        for value in node.attrs.values():
+            if isinstance(value, Opaque) and value.kind in ("GRAPH", "GRAPHS"):
+                attr = onnx.AttributeProto.FromString(value.data)
+                for sub in [attr.g] if value.kind == "GRAPH" else list(attr.graphs):
+                    ops.update(_mac_ops(sub))
+        if ops:
+            out[node.name or f"{node.op_type}_{index}"] = dict(sorted(ops.items()))
+    return out
+
+
+def _mac_ops(graph: onnx.GraphProto) -> Counter[str]:
+    ops: Counter[str] = Counter()
+    for node in graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type in MAC_OPS:
+            ops[node.op_type] += 1
+        for a in node.attribute:
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                ops.update(_mac_ops(sub))
+    return ops

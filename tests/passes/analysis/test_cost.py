@@ -73,3 +73,17 @@ def test_conv_with_a_computed_weight_is_counted() -> None:
     ir = import_model(model)
     cost = build_cost_model(ir, analyze(ir))
     assert cost.macs_at(cost.base_widths) == 64 * 16 * 8 * 9
+
+
+def test_mac_ops_inside_if_branches_are_named_not_counted() -> None:
+    """An If whose branches each hold a Conv (silero-vad: every Conv and LSTM is inside its
+    top-level If on ``sr``): the main graph counts 0 MACs and ``subgraph_macs`` names the If."""
+    from tests.test_inputs import _rate_model
+
+    graph = import_model(_rate_model(conv_in_main=False))
+    cost = build_cost_model(graph, analyze(graph))
+    assert cost.macs_at(cost.base_widths) == 0
+    assert list(cost.subgraph_macs.values()) == [{"Conv": 2}]
+    graph = import_model(_rate_model(conv_in_main=True))
+    cost = build_cost_model(graph, analyze(graph))
+    assert cost.macs_at(cost.base_widths) > 0 and not cost.subgraph_macs
