@@ -28,7 +28,9 @@ each op's ONNX semantics, in onnxruntime, on the same tensors the model computes
   the input positions it reads are removed (a depthwise or grouped conv carries its input's
   removed channels, computed by running the conv on the taint with an all-ones kernel; a MatMul
   carries removed rows of A and removed columns of B). LSTM / GRU / RNN contract X's features
-  and carry nothing (the hidden size is not pruned).
+  and carry nothing; a plan that removes hidden units (a removed row on W or R) is refused here,
+  and tests/passes/analysis/test_rules_recurrent.py checks those against its own oracle (the
+  units' gate rows zeroed, so their states stay 0).
 
 An op that reads a tainted value without a rule here raises ``ReferenceUnsupported`` (fail
 closed), as does a tainted value read inside a subgraph.
@@ -593,8 +595,8 @@ class _Builder:
         return parts
 
     def _carried_lstm(self, node: onnx.NodeProto, t: Mapping[int, str]) -> list[str]:
-        """LSTM / GRU / RNN contract X's features (axis 2) with W; the hidden size is no channel
-        here, so nothing is carried to Y, Y_h, Y_c. Removed positions anywhere but X: refused."""
+        """LSTM / GRU / RNN contract X's features (axis 2) with W; nothing is carried to Y, Y_h,
+        Y_c. Removed positions anywhere but X (hidden units): refused (see the module doc)."""
         if set(t) != {0}:
             raise ReferenceUnsupported(f"{node.op_type}: removed channels outside X")
         return []
