@@ -229,7 +229,7 @@ def prune(
     # a large model's weights are then never in memory twice (onnxruntime's and the passes').
     with captured_warnings() as warned:
         reference = None if dry_run else _run_original(reference_session, feeds)
-        second = None if dry_run else _second_shape(reference_session, shapes, seed)
+        second = None if dry_run else _second_shape(reference_session, shapes, seed, feeds)
     del reference_session
     tolerated = _original_warnings(warned)
     t = timer.lap("reference", t)

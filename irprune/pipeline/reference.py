@@ -4,6 +4,7 @@ a second input shape, and the output declarations its own runs contradict."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,18 @@ def original_session(original: bytes | Path) -> Any:
         raise InvalidModelError(f"onnxruntime cannot load the input model: {text}") from exc
 
 
-def second_shape(sess: Any, shapes: InputShapes, seed: int) -> SecondShape | None:
+def second_shape(
+    sess: Any, shapes: InputShapes, seed: int, feeds: Mapping[str, np.ndarray] | None = None
+) -> SecondShape | None:
     """Random inputs at the second shape and the original's output shapes on them; None when
     no input dim is symbolic, or the original does not run there (then the result is verified
-    at the deployment shape only)."""
+    at the deployment shape only). Scalar inputs of the reference ``feeds`` (a sample rate that
+    picks a branch) keep their given value there."""
     at = shapes.second()
     if at is None:
         return None
-    feeds = random_inputs(sess, shapes=at, seed=seed + 1)
+    given = {k: v for k, v in (feeds or {}).items() if np.ndim(v) == 0}
+    feeds = {**random_inputs(sess, shapes=at, seed=seed + 1), **given}
     try:
         outputs = sess.run(None, feeds)
     except Exception as exc:  # onnxruntime raises untyped errors
