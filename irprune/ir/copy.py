@@ -12,7 +12,8 @@ def copy_structure(graph: Graph) -> Graph:
     new = Graph(name=graph.name, opset_imports=dict(graph.opset_imports), meta=dict(graph.meta))
     twin: dict[int, Value] = {}
     for v in graph.values.values():
-        twin[id(v)] = new.add_value(Value(v.name, v.dtype, v.shape, const=v.const, sample=v.sample))
+        copy = Value(v.name, v.dtype, v.shape, const=v.const, sample=v.sample, storage=v.storage)
+        twin[id(v)] = new.add_value(copy)
     new.inputs = [twin[id(v)] for v in graph.inputs]
     for n in graph.nodes:
         node = Node(
