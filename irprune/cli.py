@@ -360,7 +360,11 @@ def _run_finetune(argv: Sequence[str]) -> int:
     p.add_argument("--labels", metavar="KEY", help="the labels array in --data (task loss)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, help="default: 0.05 (sgd), 1e-3 (adam)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="default: 0.05 (sgd), 1e-3 (adam), run again at a tenth when no epoch helps",
+    )
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
     p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
     p.add_argument("--freeze-bn", action="store_true", help="keep BN running statistics")

@@ -20,8 +20,9 @@ Training never makes the model worse on data it did not train on: a seeded tenth
 (at most ``MAX_HELD_OUT``; none below 20 rows) is held out, its loss measured in eval mode
 before training and after every epoch, and the weights of the best of these (the model as given
 included) are the ones returned (``FinetuneResult.held_out``, ``best_epoch``). When no epoch
-improves on the model as given (e.g. a learning rate too high for a pretrained model), the model
-is returned unchanged, byte for byte, with a warning.
+improves on the model as given (e.g. a learning rate too high for a pretrained model), training
+with the default rate is run once more at ``RETRY_LR`` times it; if that does not help either
+(or the rate was given), the model is returned unchanged, byte for byte, with a warning.
 
 A model whose Conv/Gemm outputs are not normalised (an export with BN folded into the convs)
 trains with a temporary BatchNormalization after each of them (``backends.tempnorm``: set to
@@ -58,6 +59,10 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 5e-2}
+# With the default rate, a run in which no epoch lowers the held-out loss is run again once at a
+# tenth of it: a pretrained model is often past where the digits setting helps (PP-OCRv4 rec and
+# ddddocr lost accuracy in one epoch at 0.05).
+RETRY_LR = 0.1
 MAX_HELD_OUT = 256  # rows held out to choose the epoch returned (a tenth of the data at most)
 Progress = Callable[[int, int, int, float], None]  # (epoch, step, steps per epoch, loss)
 Source = str | Path | onnx.ModelProto
@@ -72,6 +77,7 @@ class FinetuneResult:
     temporary_norms: int = 0  # BatchNormalization nodes added for training and folded back
     held_out: list[float] = field(default_factory=list)  # before training, then per epoch
     best_epoch: int = 0  # the epoch whose weights were returned (0: the model as given)
+    lr: float = 0.0  # the learning rate of the run returned (the default's retry: a tenth)
 
     def save(self, path: str | Path) -> Path:
         return atomic_write(self.serialized or self.model, path)
@@ -132,11 +138,20 @@ def finetune(
         setup = replace(setup, batch=fixed)
     start = time.perf_counter()
     normalise = temporary_bn and not freeze_bn
-    module, normalised = torch_norm.prepare(student, feeds, enabled=normalise)
-    module.train_batch_norm(not freeze_bn)
     teacher_session = session(load_model(teacher), threads=2) if teacher is not None else None
-    losses, held = _train(torch, module, feeds, targets, teacher_session, setup, progress)
-    best = int(np.argmin(held)) if held else epochs
+    rates = [rate] if lr is not None else [rate, rate * RETRY_LR]
+    for attempt, step in enumerate(rates):
+        setup = replace(setup, lr=step)
+        module, normalised = torch_norm.prepare(student, feeds, enabled=normalise)
+        module.train_batch_norm(not freeze_bn)
+        last = attempt == len(rates) - 1
+        losses, held = _train(
+            torch, module, feeds, targets, teacher_session, setup, progress, warn=last
+        )
+        best = int(np.argmin(held)) if held else epochs
+        if best or last:
+            break
+        log.info("no epoch at lr %g lowered the held-out loss: again at lr %g", step, rates[-1])
     if best == 0:  # no epoch beat the model as given: return it as it came, byte for byte
         trained = load_model(model).SerializeToString()
     else:
@@ -149,7 +164,7 @@ def finetune(
     log.info("fine-tuned %d epochs in %.1f s; losses %s", epochs, seconds, losses)
     count = 0 if normalised is None else len(normalised.norms)
     model_out = onnx.ModelProto.FromString(trained)
-    return FinetuneResult(model_out, losses, seconds, trained, count, held, best)
+    return FinetuneResult(model_out, losses, seconds, trained, count, held, best, setup.lr)
 
 
 def misdeclared(model: bytes, feeds: Mapping[str, np.ndarray]) -> frozenset[str]:
@@ -235,9 +250,12 @@ def _train(
     teacher: Any,
     setup: _Setup,
     progress: Progress | None,
+    *,
+    warn: bool = True,
 ) -> tuple[list[float], list[float]]:
     """Train; returns the mean training loss of each epoch and the held-out losses (before
-    training, then after each epoch), the module left at the best of those."""
+    training, then after each epoch), the module left at the best of those; ``warn``: say so
+    when no epoch lowered the held-out loss."""
     fit, held = held_out_rows(len(next(iter(feeds.values()))), setup.seed)
     bounds = batch_bounds(len(fit), setup.batch)
     per_epoch = len(bounds)
@@ -270,7 +288,7 @@ def _train(
         losses.append(total / per_epoch)
         check.after_epoch()
     module.eval()
-    return losses, check.restore_best()
+    return losses, check.restore_best(warn)
 
 
 def _take(arrays: Mapping[Any, np.ndarray], rows: np.ndarray) -> dict[Any, np.ndarray]:
@@ -319,7 +337,7 @@ class _HeldOut:
             self.best = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
         self.losses.append(value)
 
-    def restore_best(self) -> list[float]:
+    def restore_best(self, warn: bool = True) -> list[float]:
         if self.best is None:
             return self.losses
         best = int(np.argmin(self.losses))
@@ -330,11 +348,12 @@ class _HeldOut:
                 best,
                 len(self.losses) - 1,
             )
-        if best == 0:
+        if best == 0 and warn:
             log.warning(
                 "fine-tuning did not lower the held-out loss (%.4g before, %.4g at best after an "
-                "epoch): the model is returned as given; try a smaller learning rate (--lr)",
-                self.losses[0], min(self.losses[1:]),
+                "epoch, lr %g): the model is returned as given; try a smaller learning rate "
+                "(--lr)",
+                self.losses[0], min(self.losses[1:]), self.setup.lr,
             )  # fmt: skip
         return self.losses
 

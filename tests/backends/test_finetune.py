@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,19 @@ def _fixed_batch_net(seed: int) -> onnx.ModelProto:
         "one": np.array([1], np.int64),
     }
     return make_model(nodes, [("x", [1, 2, 4, 4])], [("logits", [1, 3, 1])], inits)
+
+
+def test_the_default_rate_is_retried_at_a_tenth_when_no_epoch_helps(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the default learning rate (here made far too high), a run that only raises the
+    held-out loss is run again at RETRY_LR times the rate, which helps, and that is returned;
+    an explicit rate is taken as given (test_training_that_hurts_returns_the_model_as_given)."""
+    ft = importlib.import_module("irprune.finetune")  # the module, not the function
+    monkeypatch.setitem(ft.DEFAULT_LR, "sgd", 50.0)
+    monkeypatch.setattr(ft, "RETRY_LR", 0.001)  # 50 -> 0.05, the rate that helps this net
+    teacher, student = _mlp(1), _mlp(2)
+    result = finetune(student, {"x": X}, teacher=teacher, epochs=1, batch=8)
+    assert result.lr == pytest.approx(0.05)
+    assert result.best_epoch > 0 and min(result.held_out[1:]) < result.held_out[0]
+    assert "did not lower the held-out loss" not in caplog.text
