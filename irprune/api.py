@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from irprune import inputs
+from irprune import inputs, plans
 from irprune import report as rep
 from irprune.backends import missing_torch
 from irprune.emit import atomic_write
@@ -40,6 +40,7 @@ from irprune.pipeline.build import stage_dir as _stage_dir
 from irprune.pipeline.calibration import synthetic_calibration as _synthesis
 from irprune.pipeline.load import import_graph as _import
 from irprune.pipeline.load import load_model as _load
+from irprune.pipeline.plan import Planned
 from irprune.pipeline.plan import make_plan as _plan
 from irprune.pipeline.reference import original_session as _original_session
 from irprune.pipeline.reference import original_warnings as _original_warnings
@@ -86,6 +87,20 @@ class Result:
         external = True if self.external_data else None
         return atomic_write(self.serialized or self.model, path, external_data=external)
 
+    def plan_document(self) -> dict[str, Any]:
+        """The plan this result applied as a plan document (:mod:`irprune.plans`): review it,
+        edit it, and apply it again with ``prune(..., from_plan=...)`` or ``irprune --plan``."""
+        if self.plan is None:
+            raise UsageError("this result holds no plan")
+        settings = {**self.report.get("settings", {}), "target": self.report.get("target")}
+        return plans.to_dict(
+            self.plan,
+            self.analysis,
+            fingerprint=self.report["fingerprint"],
+            settings=settings,
+            model_name=self.source.name if self.source is not None else "model",
+        )
+
     def to_torch(self) -> Any:
         """The model as a trainable ``irprune.backends.torch.GraphModule`` (torch extra);
         ``irprune.backends.torch.save`` writes a trained one back through emit + verify."""
@@ -101,6 +116,34 @@ class Result:
         """The deployment shape the model was pruned at (from the report)."""
         inputs = self.report.get("input_shapes", {}).get("inputs")
         return {k: tuple(v) for k, v in inputs.items()} if inputs else None
+
+
+def _plan_target(document: Mapping[str, Any]) -> tuple[float | None, ...]:
+    """(target_flops, target_params, target_latency) as the plan document records them."""
+    target = document.get("settings", {}).get("target") or {}
+    metric, fraction = target.get("metric"), target.get("fraction")
+    if metric not in ("macs", "params", "latency") or not isinstance(fraction, int | float):
+        raise plans.PlanError("the plan records no target; give one (--target-flops ...)")
+    return tuple(float(fraction) if metric == m else None for m in ("macs", "params", "latency"))
+
+
+def _given_plan(
+    planned: Planned,
+    document: Mapping[str, Any],
+    analysis: ChannelAnalysis,
+    cost: CostModel,
+    target: Target,
+    graph_print: str,
+) -> Planned:
+    """The planning stage's result with the given plan document in place of its plan; the
+    achieved ratio re-measured by the cost model (hand edits change it)."""
+    plan = plans.from_dict(document, analysis, fingerprint=graph_print)
+    if target.metric in ("macs", "params"):
+        base = np.array([g.size for g in analysis.groups], dtype=float)
+        measure = cost.macs_at if target.metric == "macs" else cost.params_at
+        plan = replace(plan, ratio=measure(plan.widths) / max(measure(base), 1e-12))
+    log.info("applying the given plan (ratio %.4f of %s)", plan.ratio, target.metric)
+    return replace(planned, plan=plan)
 
 
 def _target(
@@ -152,6 +195,7 @@ def prune(
     tracer: str = "auto",
     temporary_bn: bool = True,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    from_plan: str | Path | Mapping[str, Any] | None = None,
 ) -> Result:
     """Prune ``model`` to the target and return the verified result (nothing is written).
 
@@ -188,6 +232,12 @@ def prune(
     symbolic dim still unknown raises ``InputShapeError``. The result keeps every symbolic dim
     and is also verified at a second shape (``InputShapes.second``) where the original runs.
 
+    ``from_plan`` (a plan document, or the path of one: :mod:`irprune.plans`, as
+    ``Result.plan_document()`` gives it) is applied instead of the plan the allocation would
+    choose, after checking it was made for this model (its graph fingerprint) and is valid for
+    every group; without a target the plan's own is taken. With the settings it was made with,
+    the result is the same model.
+
     Large models: a file's external weights are memory-mapped, not read. When the input kept
     its weights in external data or they exceed ``stream_threshold`` bytes (default
     ``emit.stream.STREAM_THRESHOLD``, 1 GiB) the result is written tensor by tensor to a staging
@@ -196,6 +246,9 @@ def prune(
     original and the pruned model is measured one after the other, not interleaved, so the two
     are never in memory together.
     """
+    document = plans.load(from_plan) if isinstance(from_plan, str | Path) else from_plan
+    if document is not None and (target_flops, target_params, target_latency) == (None,) * 3:
+        target_flops, target_params, target_latency = _plan_target(document)
     target = _target(target_flops, target_params, target_latency)
     rewrite = _check_options(
         criterion, strategy, rewrite, calib, round_to, max_prune, csgd_epochs, data
@@ -216,6 +269,7 @@ def prune(
         reference_session = _original_session(original_bytes)
     t = timer.lap("load", t)
     analysis, cost = _analyse(graph)  # reads shapes and small constants, not the weights
+    graph_print = plans.fingerprint(graph)
     t = timer.lap("analysis", t)
     synthesis = _synthesis(graph, cost, calib, rewrite, seed, dry_run)
     if synthesis is not None:
@@ -239,6 +293,8 @@ def prune(
         ignore=ignore, seed=seed, latency_threads=latency_threads, finer=not strict_rounding,
         shapes=shapes, synthetic=synthesis is not None,
     )  # fmt: skip
+    if document is not None:
+        planned = _given_plan(planned, document, analysis, cost, target, graph_print)
     plan = planned.plan
     settings = dict(
         round_to_applied=plan.round_to,
@@ -257,6 +313,7 @@ def prune(
     )
     if dry_run:
         report = _report(analysis, cost, plan, target, settings, timer, shapes, None)
+        report["fingerprint"] = graph_print
         return Result(original.model, report, analysis, plan)
     assert reference is not None
     csgd = None
@@ -289,6 +346,7 @@ def prune(
         )  # fmt: skip
         timer.lap("latency", t)
     report = _report(analysis, cost, plan, target, settings, timer, shapes, second)
+    report["fingerprint"] = graph_print
     report["fidelity"] = rep.fidelity(reference, outputs)
     data_kind = "calibration data" if calib is not None else "random inputs"
     report["fidelity_inputs"] = "synthetic data" if synthesis is not None else data_kind

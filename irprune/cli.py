@@ -99,7 +99,7 @@ def _prune_parser() -> _Parser:
 
     p = _Parser(prog="irprune", description="Structured pruning of ONNX models.")
     p.add_argument("model", type=Path, help="input ONNX file (modified only with --in-place)")
-    target = p.add_mutually_exclusive_group(required=True)
+    target = p.add_mutually_exclusive_group()
     target.add_argument("--target-flops", type=_fraction, metavar="F")
     target.add_argument("--target-params", type=_fraction, metavar="F")
     target.add_argument(
@@ -173,6 +173,20 @@ def _prune_parser() -> _Parser:
     )
     _input_shape(p)
     p.add_argument("--dry-run", action="store_true", help="analyse and plan; write nothing")
+    p.add_argument(
+        "--save-plan",
+        type=Path,
+        metavar="FILE.json",
+        help="write the plan (groups, widths, kept channels, the model's fingerprint) for review "
+        "and --plan; with --dry-run, nothing else is written",
+    )
+    p.add_argument(
+        "--plan",
+        type=Path,
+        metavar="FILE.json",
+        help="apply this plan (from --save-plan, possibly edited) instead of allocating; the "
+        "target defaults to the plan's",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
@@ -191,6 +205,11 @@ def _run_prune(args: argparse.Namespace) -> int:
 
     if not args.model.is_file():
         raise UsageError(f"{args.model}: no such file")
+    targets = (args.target_flops, args.target_params, args.target_latency)
+    if args.plan is None and targets == (None, None, None):
+        raise UsageError(
+            "give one of --target-flops, --target-params, --target-latency (or --plan)"
+        )
     if args.in_place and args.output is not None:
         raise UsageError("--in-place writes over the input; it cannot be combined with -o")
     output = args.output or args.model.with_name(args.model.stem + ".pruned.onnx")
@@ -198,7 +217,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         output = args.model
     elif output.resolve() == args.model.resolve():
         raise UsageError("the output path is the input file; choose another with -o or --in-place")
-    for path in (output, args.report, args.report_html):
+    for path in (output, args.report, args.report_html, args.save_plan):
         if path is not None and not path.resolve().parent.is_dir():
             raise UsageError(f"{path}: the folder {path.parent} does not exist")
     with progress.enabled(sys.stderr, quiet=args.quiet):
@@ -212,6 +231,10 @@ def _run_prune(args: argparse.Namespace) -> int:
     if not args.dry_run:
         result.save(output)
         result.report["output"] = str(output)
+    if args.save_plan:
+        from irprune import plans
+
+        plans.save(args.save_plan, result.plan_document())
     if args.report:
         _write_json(args.report, result.report)
     if args.report_html:
@@ -220,7 +243,8 @@ def _run_prune(args: argparse.Namespace) -> int:
         write(result.report, args.report_html)
     if not args.quiet:
         print(format_table(result.report))
-        written = [str(p) for p in (args.report, args.report_html) if p is not None]
+        extra = (args.report, args.report_html, args.save_plan)
+        written = [str(p) for p in extra if p is not None]
         print("dry run: nothing written" if args.dry_run else f"wrote {output}")
         if written:
             print(f"report: {', '.join(written)}")
@@ -249,6 +273,7 @@ def _prune_options(args: argparse.Namespace) -> dict[str, Any]:
         csgd_lr=args.csgd_lr,
         temporary_bn=not args.no_temporary_bn,
         input_shapes=_shapes(args.input_shape),
+        from_plan=args.plan,
     )
 
 

@@ -438,3 +438,60 @@ def test_model_failing_shape_inference_is_invalid(
     _assert_one_line_error(code, out, err)
     assert code == 3
     assert _files(tmp_path) == {"bad.onnx"}
+
+
+def test_a_saved_plan_applied_again_gives_the_same_model(
+    tmp_path: Path, demo_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    """``--dry-run --save-plan`` writes only the plan; ``--plan`` applies it (target taken from
+    it) and writes byte for byte what pruning with the same settings writes."""
+    plan_path = tmp_path / "plan.json"
+    code, _, err = cli(
+        demo_path, "--target-flops", "0.5", "--dry-run", "--save-plan", plan_path, "--no-latency"
+    )
+    assert code == 0, err
+    assert _files(tmp_path) == {"demo.onnx", "plan.json"}
+    plan = json.loads(plan_path.read_text())
+    assert plan["format"] == "irprune-plan" and plan["settings"]["target"]["fraction"] == 0.5
+    shrunk = [g for g in plan["groups"] if g["width"] < g["size"]]
+    assert shrunk and all(len(g["kept"]) == g["width"] for g in shrunk)
+    ref, again = tmp_path / "ref.onnx", tmp_path / "again.onnx"
+    code, _, err = cli(demo_path, "--target-flops", "0.5", "--no-latency", "-o", ref)
+    assert code == 0, err
+    code, _, err = cli(demo_path, "--plan", plan_path, "--no-latency", "-o", again)
+    assert code == 0, err
+    assert _sha(ref) == _sha(again)
+
+
+def test_a_hand_edited_plan_is_applied_and_a_bad_one_names_its_group(
+    tmp_path: Path, demo_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    plan_path, out = tmp_path / "plan.json", tmp_path / "out.onnx"
+    code, _, err = cli(
+        demo_path, "--target-flops", "0.5", "--dry-run", "--save-plan", plan_path, "--no-latency"
+    )
+    assert code == 0, err
+    plan = json.loads(plan_path.read_text())
+    group = next(g for g in plan["groups"] if g["width"] < g["size"])
+    group["width"], group["kept"] = group["size"], list(range(group["size"]))  # keep it whole
+    plan_path.write_text(json.dumps(plan))
+    code, _, err = cli(demo_path, "--plan", plan_path, "--no-latency", "-o", out)
+    assert code == 0, err
+    written = onnx.load(str(out))
+    before = count_macs(onnx.load(str(demo_path)))
+    assert count_macs(written) / before > 0.5  # the edit kept more than the planner did
+    group["kept"] = [group["size"] + 3]  # out of range, and width no longer matches
+    plan_path.write_text(json.dumps(plan))
+    code, _, err = cli(demo_path, "--plan", plan_path, "-o", tmp_path / "bad.onnx")
+    assert code == 2
+    line = _assert_one_line_error(code, "", err)
+    assert f"group {group['id']}" in line
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_no_target_and_no_plan_is_a_usage_error(
+    demo_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    code, out, err = cli(demo_path)
+    assert code == 2
+    assert "--target-flops" in _assert_one_line_error(code, out, err)
