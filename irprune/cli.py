@@ -1,5 +1,6 @@
 """Command line: ``irprune MODEL --target-flops F``, ``irprune inspect MODEL``, ``irprune demo``,
-``irprune finetune MODEL --data train.npz [--teacher ORIGINAL.onnx] [--labels KEY] --epochs N``.
+``irprune finetune MODEL --data train.npz [--teacher ORIGINAL.onnx] [--labels KEY] --epochs N``,
+``irprune plan MODEL --target-flops F -o PLAN.json``, ``irprune apply MODEL PLAN.json -o OUT``.
 
 Exit codes (also in every ``--help``): see ``EXIT_CODES``.
 """
@@ -251,6 +252,23 @@ def _run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_verb(verb: str, argv: Sequence[str]) -> argparse.Namespace:
+    """``irprune plan MODEL [options] -o PLAN.json``: the main command's ``--dry-run
+    --save-plan PLAN.json``. ``irprune apply MODEL PLAN.json [options] [-o OUT]``: its
+    ``--plan PLAN.json``."""
+    if verb == "apply":
+        if len(argv) < 2 or argv[1].startswith("-"):
+            raise UsageError("usage: irprune apply MODEL PLAN.json [options] [-o OUT.onnx]")
+        args = _prune_parser().parse_args([argv[0], *argv[2:]])
+        args.plan = Path(argv[1])
+        return args
+    args = _prune_parser().parse_args(argv)
+    if args.output is None:
+        raise UsageError("usage: irprune plan MODEL --target-flops F [options] -o PLAN.json")
+    args.save_plan, args.output, args.dry_run = args.output, None, True
+    return args
+
+
 def _prune_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         target_flops=args.target_flops,
@@ -460,6 +478,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_demo(argv[1:])
         if argv and argv[0] == "finetune":
             return _run_finetune(argv[1:])
+        if argv and argv[0] in ("plan", "apply"):
+            args = _plan_verb(argv[0], argv[1:])
+            _logging(args)
+            return _run_prune(args)
         args = _prune_parser().parse_args(argv)
         _logging(args)
         return _run_prune(args)

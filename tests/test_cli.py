@@ -495,3 +495,21 @@ def test_no_target_and_no_plan_is_a_usage_error(
     code, out, err = cli(demo_path)
     assert code == 2
     assert "--target-flops" in _assert_one_line_error(code, out, err)
+
+
+def test_plan_and_apply_verbs(
+    tmp_path: Path, demo_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    """``irprune plan ... -o PLAN`` writes only the plan; ``irprune apply MODEL PLAN -o OUT``
+    writes what ``irprune MODEL --plan PLAN`` writes."""
+    plan_path, one, two = tmp_path / "p.json", tmp_path / "one.onnx", tmp_path / "two.onnx"
+    code, _, err = cli("plan", demo_path, "--target-flops", "0.5", "--no-latency", "-o", plan_path)
+    assert code == 0, err
+    assert _files(tmp_path) == {"demo.onnx", "p.json"}
+    code, _, err = cli("apply", demo_path, plan_path, "--no-latency", "-o", one)
+    assert code == 0, err
+    code, _, err = cli(demo_path, "--plan", plan_path, "--no-latency", "-o", two)
+    assert code == 0, err
+    assert _sha(one) == _sha(two)
+    code, out, err = cli("apply", demo_path)
+    assert code == 2 and "usage: irprune apply" in _assert_one_line_error(code, out, err)
