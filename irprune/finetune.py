@@ -10,11 +10,12 @@ every written model passes (``onnx.checker`` full check, shape inference, an onn
 The loss: with ``labels``, cross-entropy for classifier-shaped outputs ([N, K], K > 1, integer
 labels) and mean squared error otherwise; with a ``teacher`` (the original model, run in
 onnxruntime), knowledge distillation: KL divergence between the softened softmaxes
-(``temperature``, scaled by T^2, Hinton et al. 2015) for classifier outputs, MSE divided by the
-teacher output's variance otherwise; with both, their sum. SGD with Nesterov momentum (default,
-lr 0.05: the setting that recovers every digits net within a point in 5 epochs: docs/training.md)
-or Adam, a cosine learning-rate schedule over all steps, seeded shuffling. torch is imported
-only when ``finetune`` runs.
+(``temperature``, scaled by T^2, Hinton et al. 2015) for classifier outputs ([N, K] logits, and
+outputs a Softmax produces, per position over its axis: a recognizer's [N, T, K] per-step
+probabilities), MSE divided by the teacher output's variance otherwise; with both, their sum.
+SGD with Nesterov momentum (default, lr 0.05: the setting that recovers every digits net within
+a point in 5 epochs: docs/training.md) or Adam, a cosine learning-rate schedule over all
+steps, seeded shuffling. torch is imported only when ``finetune`` runs.
 
 Training never makes the model worse on data it did not train on: a seeded tenth of the rows
 (at most ``MAX_HELD_OUT``; none below 20 rows) is held out, its loss measured in eval mode
@@ -91,6 +92,8 @@ class _Setup:
     optimizer: str
     temperature: float
     seed: int
+    # outputs that are probabilities (a Softmax's output): output name -> the class axis
+    softmax_axes: Mapping[str, int] = field(default_factory=dict)
 
 
 def finetune(
@@ -132,6 +135,7 @@ def finetune(
     student = backend.import_graph(model, data_shapes=_data_shapes(arrays))
     where = str(data) if isinstance(data, str | Path) else "data"
     feeds, targets = _data(arrays, labels, student, where)
+    setup = replace(setup, softmax_axes=softmax_outputs(student))
     fixed = limit_batch(student, batch)
     if fixed < batch:
         log.info("the model fixes its batch at %d: it trains in batches of that size", fixed)
@@ -277,7 +281,7 @@ def _train(
             idx = order[a:b]
             chunk, wanted = _take(feeds, idx), _take(targets, idx)
             taught = _teach(teacher, chunk) if teacher is not None else None
-            loss = _loss(torch, module, module.run(chunk), wanted, taught, setup.temperature)
+            loss = _loss(torch, module, module.run(chunk), wanted, taught, setup)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -323,9 +327,7 @@ class _HeldOut:
         with self.torch.no_grad():
             for (chunk, wanted), taught in zip(self.chunks, self.taught, strict=True):
                 out = self.module.run(chunk)
-                total += float(
-                    _loss(self.torch, self.module, out, wanted, taught, self.setup.temperature)
-                )
+                total += float(_loss(self.torch, self.module, out, wanted, taught, self.setup))
         self.module.train()
         return total / len(self.chunks)
 
@@ -358,6 +360,33 @@ class _HeldOut:
         return self.losses
 
 
+def softmax_outputs(graph: Any) -> dict[str, int]:
+    """The outputs a Softmax produces (a recognizer's per-step class probabilities): name ->
+    the axis it normalises."""
+    out = {}
+    for value in graph.outputs:
+        node = value.producer
+        if node is None or node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+            continue
+        opset = graph.opset_imports.get("", 13)
+        axis = int(node.attr("axis", -1 if opset >= 13 else 1))
+        rank = value.rank
+        if rank is not None and (opset >= 13 or axis % rank == rank - 1):
+            out[value.name] = axis % rank
+    return out
+
+
+def _kl_probabilities(torch: Any, out: Any, t: Any, axis: int, setup: _Setup) -> Any:
+    """KL(teacher || student) over the class axis of two probability tensors, per position
+    (batch and time), softened by the temperature on the log-probabilities (what softening the
+    logits would give), scaled by T^2 as for logits."""
+    F, temperature = torch.nn.functional, setup.temperature
+    soft = F.log_softmax(torch.log(t.clamp_min(1e-12)) / temperature, dim=axis)
+    log_p = F.log_softmax(torch.log(out.clamp_min(1e-12)) / temperature, dim=axis)
+    kl = (soft.exp() * (soft - log_p)).sum(dim=axis).mean()
+    return kl * temperature**2
+
+
 def _teach(teacher: Any, chunk: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = [o.name for o in teacher.get_outputs()]
     return dict(zip(names, run_batched(teacher, names, chunk), strict=True))
@@ -369,11 +398,12 @@ def _loss(
     outs: list[torch.Tensor],
     labels: Mapping[int | str, np.ndarray],
     taught: Mapping[str, np.ndarray] | None,
-    temperature: float,
+    setup: _Setup,
 ) -> torch.Tensor:
     from irprune.passes.importance.gradient import is_classifier, task_loss
 
     F = torch.nn.functional
+    temperature = setup.temperature
     total = torch.zeros(())
     for i, (name, out) in enumerate(zip(module.output_names, outs, strict=True)):
         if not out.is_floating_point():
@@ -383,7 +413,9 @@ def _loss(
             total = total + task_loss(out, given)
         if taught is not None and name in taught:
             t = torch.from_numpy(np.asarray(taught[name])).to(out.dtype)
-            if is_classifier(out):
+            if name in setup.softmax_axes:
+                total = total + _kl_probabilities(torch, out, t, setup.softmax_axes[name], setup)
+            elif is_classifier(out):
                 soft = F.log_softmax(t / temperature, dim=1)
                 log_p = F.log_softmax(out / temperature, dim=1)
                 kl = F.kl_div(log_p, soft, log_target=True, reduction="batchmean")

@@ -215,3 +215,43 @@ def test_the_default_rate_is_retried_at_a_tenth_when_no_epoch_helps(
     assert result.lr == pytest.approx(0.05)
     assert result.best_epoch > 0 and min(result.held_out[1:]) < result.held_out[0]
     assert "did not lower the held-out loss" not in caplog.text
+
+
+def _recognizer(seed: int) -> onnx.ModelProto:
+    """x [N, 6, 5] -> MatMul -> Softmax over the last axis: per-step class probabilities, the
+    shape of a CTC recognizer's output ([N, T, K], rank 3, not logits)."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["p"], axis=-1),
+    ]
+    inits = {"w": rng.standard_normal((5, 4)).astype(np.float32)}
+    return make_model(nodes, [("x", ["N", 6, 5])], [("p", ["N", 6, 4])], inits)
+
+
+def test_probability_outputs_are_distilled_with_kl_per_position() -> None:
+    """An output a Softmax produces is distilled with KL over its axis, per position: the loss
+    is that KL (checked against numpy), and training brings the student's per-step
+    distributions towards the teacher's."""
+    import torch
+
+    ft = importlib.import_module("irprune.finetune")
+    from irprune.backends.torch import import_graph
+
+    teacher, student = _recognizer(1), _recognizer(2)
+    seq = np.random.default_rng(4).standard_normal((96, 6, 5)).astype(np.float32)
+    graph = import_graph(student, data_shapes={"x": seq.shape})
+    assert ft.softmax_outputs(graph) == {"p": 2}
+    t, s = run(teacher, {"x": seq})[0], run(student, {"x": seq})[0]
+    want = float(np.mean(np.sum(t * (np.log(t) - np.log(s)), axis=-1)))
+    setup = ft._Setup(1, 8, 0.05, "sgd", 1.0, 0, {"p": 2})
+
+    class _Outputs:
+        output_names = ("p",)
+
+    got = ft._loss(torch, _Outputs(), [torch.from_numpy(s)], {}, {"p": t}, setup)
+    assert float(got) == pytest.approx(want, rel=1e-4)
+    result = finetune(student, {"x": seq}, teacher=teacher, epochs=2, batch=8, lr=0.5)
+    after = run(result.model, {"x": seq})[0]
+    kl_after = float(np.mean(np.sum(t * (np.log(t) - np.log(after)), axis=-1)))
+    assert kl_after < 0.5 * want
