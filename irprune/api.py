@@ -139,9 +139,9 @@ def _given_plan(
     achieved ratio re-measured by the cost model (hand edits change it)."""
     plan = plans.from_dict(document, analysis, fingerprint=graph_print)
     if target.metric in ("macs", "params"):
-        base = np.array([g.size for g in analysis.groups], dtype=float)
         measure = cost.macs_at if target.metric == "macs" else cost.params_at
-        plan = replace(plan, ratio=measure(plan.widths) / max(measure(base), 1e-12))
+        ratio = measure(plan.widths) / max(measure(cost.base_widths), 1e-12)
+        plan = replace(plan, ratio=ratio)
     log.info("applying the given plan (ratio %.4f of %s)", plan.ratio, target.metric)
     return replace(planned, plan=plan)
 

@@ -156,14 +156,14 @@ def finetune(
         if best or last:
             break
         log.info("no epoch at lr %g lowered the held-out loss: again at lr %g", step, rates[-1])
+    given = load_model(model).SerializeToString()
     if best == 0:  # no epoch beat the model as given: return it as it came, byte for byte
-        trained = load_model(model).SerializeToString()
+        trained = given
     else:
         torch_norm.finish(student, module, normalised, feeds)
         trained = to_model(student).SerializeToString()
     seconds = time.perf_counter() - start
     first = {k: v[: min(batch, 8)] for k, v in feeds.items()}
-    given = load_model(model).SerializeToString() if best else trained
     verify(trained, first, tolerated=misdeclared(given, first))
     log.info("fine-tuned %d epochs in %.1f s; losses %s", epochs, seconds, losses)
     count = 0 if normalised is None else len(normalised.norms)

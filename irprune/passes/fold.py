@@ -31,6 +31,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from irprune.ir import Graph, Node, Opaque, Value
+from irprune.passes.analysis.rules.recurrent import RECURRENT_OPS
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,6 @@ def fold_constants(graph: Graph) -> int:
     return folded
 
 
-_RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
 _STATES = (5, 6)  # initial_h, initial_c (LSTM)
 
 
@@ -117,7 +117,7 @@ def drop_zero_states(graph: Graph) -> int:
     """Unset every recurrent node's initial state that is all zeros; returns how many."""
     dropped, producers = 0, []
     for node in graph.nodes:
-        if node.op_type not in _RECURRENT or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in RECURRENT_OPS or node.domain not in ("", "ai.onnx"):
             continue
         for index in _STATES:
             state = node.input(index)

@@ -52,9 +52,9 @@ def second_shape(
     if at is None:
         return None
     given = {k: v for k, v in (feeds or {}).items() if np.ndim(v) == 0}
-    feeds = {**random_inputs(sess, shapes=at, seed=seed + 1), **given}
+    grown = {**random_inputs(sess, shapes=at, seed=seed + 1), **given}
     try:
-        outputs = sess.run(None, feeds)
+        outputs = sess.run(None, grown)
     except Exception as exc:  # onnxruntime raises untyped errors
         log.warning(
             "the original model does not run at a second input shape (%s): the result is "
@@ -63,7 +63,7 @@ def second_shape(
             shapes.describe(),
         )
         return None
-    return SecondShape(feeds, tuple(tuple(int(d) for d in np.shape(a)) for a in outputs))
+    return SecondShape(grown, tuple(tuple(int(d) for d in np.shape(a)) for a in outputs))
 
 
 def run_original(sess: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -25,12 +25,11 @@ import numpy as np
 from irprune.ir import Graph, Node, Value
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.layout import Layout
-
-RECURRENT = frozenset({"LSTM", "GRU", "RNN"})
+from irprune.passes.analysis.rules.recurrent import RECURRENT_OPS
 
 
 def is_recurrent(node: Node) -> bool:
-    return node.domain in ("", "ai.onnx") and node.op_type in RECURRENT
+    return node.domain in ("", "ai.onnx") and node.op_type in RECURRENT_OPS
 
 
 def batch_major(node: Node, x: np.ndarray) -> np.ndarray:

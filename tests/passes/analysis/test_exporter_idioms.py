@@ -15,32 +15,24 @@ from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.layout import Segment
 from tests.helpers import make_model
 from tests.passes.analysis.test_rules import drop_half_and_check
-from tests.passes.analysis.test_rules_transformers import group_of, groups_of
+from tests.passes.analysis.test_rules_transformers import _Builder, group_of, groups_of
 
 GRAPH_OUTPUT = "reaches graph output 'out'"
 
 
-class Net:
-    """Nodes and initializers built with onnx.helper; weights from a fixed seed."""
+class Net(_Builder):
+    """The encoder tests' builder (nodes, initializers, ``const``, ``op``) with weights drawn
+    from a fixed seed."""
 
     def __init__(self, seed: int) -> None:
+        super().__init__()
         self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: dict[str, np.ndarray] = {}
-        self.count = 0
 
     def w(self, *shape: int) -> np.ndarray:
         return (0.5 * self.rng.standard_normal(shape)).astype(np.float32)
 
     def const(self, name: str, value: np.ndarray) -> str:
-        self.inits[name] = np.asarray(value)
-        return name
-
-    def op(self, op: str, inputs: list[str], name: str = "", **attrs: object) -> str:
-        self.count += 1
-        out = f"{name or op.lower()}_{self.count}"
-        self.nodes.append(helper.make_node(op, inputs, [out], name or None, **attrs))
-        return out
+        return super().const(name, np.asarray(value))
 
     def conv(self, x: str, name: str, cin: int, cout: int, k: int = 1, **attrs: object) -> str:
         weight = self.const(f"{name}.w", self.w(cout, cin, k, k))
