@@ -38,13 +38,20 @@ def lstm(call: Call, a: Args) -> Out:
     ys, hs, cs = [], [], []
     for d in range(dirs):
         reverse = _direction(call) == "reverse" or d == 1
-        b = None if bias is None else bias[d, : 4 * hidden] + bias[d, 4 * hidden :]
         p = None if peep is None else peep[d]
         h = zeros if h0 is None else h0[d]
         c = zeros if c0 is None else c0[d]
+        # the input's share of the gates for every step at once: one product, not T (and one
+        # select of w[d], r[d] per direction: a select's backward writes a zero tensor the size
+        # of its source, once per use)
+        xw = x @ w[d].T
+        if bias is not None:
+            xw = xw + (bias[d, : 4 * hidden] + bias[d, 4 * hidden :])
+        rt = r[d].T
+        inputs = xw.unbind(0)
         out = [zeros] * steps
         for t in range(steps - 1, -1, -1) if reverse else range(steps):
-            h, c = _step(x[t], h, c, w[d], r[d], b, p, hidden)
+            h, c = _step(inputs[t], h, c, rt, p, hidden)
             out[t] = h
         ys.append(torch.stack(out))  # [T, N, H]
         hs.append(h)
@@ -55,12 +62,10 @@ def lstm(call: Call, a: Args) -> Out:
 
 
 def _step(
-    x: Tensor, h: Tensor, c: Tensor, w: Tensor, r: Tensor, b: Tensor | None, p: Tensor | None,
-    hidden: int,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    gates = x @ w.T + h @ r.T
-    if b is not None:
-        gates = gates + b
+    xw: Tensor, h: Tensor, c: Tensor, rt: Tensor, p: Tensor | None, hidden: int
+) -> tuple[Tensor, Tensor]:
+    """One step from the input's gate share ``xw`` (x W^T + Wb + Rb) and R^T."""
+    gates = xw + h @ rt
     i, o, f, g = gates.split(hidden, dim=-1)
     if p is not None:
         pi, po, pf = p.split(hidden)
