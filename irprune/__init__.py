@@ -2,6 +2,19 @@
 
 from irprune.api import Result, prune
 from irprune.finetune import FinetuneResult, finetune
+from irprune.stages import Analysis, Calibration, Plan, Scores, Target, analyze
 
 __version__ = "0.1.0"
-__all__ = ["FinetuneResult", "Result", "__version__", "finetune", "prune"]
+__all__ = [
+    "Analysis",
+    "Calibration",
+    "FinetuneResult",
+    "Plan",
+    "Result",
+    "Scores",
+    "Target",
+    "__version__",
+    "analyze",
+    "finetune",
+    "prune",
+]

@@ -13,12 +13,15 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from irprune import progress
 from irprune.errors import IrpruneError, UsageError
+
+if TYPE_CHECKING:  # the CLI imports the pipeline only when it runs
+    from irprune.stages import Analysis, Result, Target
 
 log = logging.getLogger("irprune")
 
@@ -200,30 +203,17 @@ def _verbosity(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
 
-def _run_prune(args: argparse.Namespace) -> int:
-    from irprune.api import prune
+Compute = Callable[[argparse.Namespace, Path], "Result"]  # (arguments, output path) -> Result
+
+
+def _run_prune(args: argparse.Namespace, compute: Compute | None = None) -> int:
+    """Check the paths, compute the result (``irprune.prune``, or the stages for the ``plan``
+    and ``apply`` verbs), write what was asked and print the report."""
     from irprune.report import format_table
 
-    if not args.model.is_file():
-        raise UsageError(f"{args.model}: no such file")
-    targets = (args.target_flops, args.target_params, args.target_latency)
-    if args.plan is None and targets == (None, None, None):
-        raise UsageError(
-            "give one of --target-flops, --target-params, --target-latency (or --plan)"
-        )
-    if args.in_place and args.output is not None:
-        raise UsageError("--in-place writes over the input; it cannot be combined with -o")
-    output = args.output or args.model.with_name(args.model.stem + ".pruned.onnx")
-    if args.in_place:
-        output = args.model
-    elif output.resolve() == args.model.resolve():
-        raise UsageError("the output path is the input file; choose another with -o or --in-place")
-    for path in (output, args.report, args.report_html, args.save_plan):
-        if path is not None and not path.resolve().parent.is_dir():
-            raise UsageError(f"{path}: the folder {path.parent} does not exist")
+    output = _output(args)
     with progress.enabled(sys.stderr, quiet=args.quiet):
-        # a streamed output (large, or external data) is staged beside it: publishing renames
-        result = prune(args.model, stage_dir=output.resolve().parent, **_prune_options(args))
+        result = (compute or _prune)(args, output)
     log.info(
         "timings: %s",
         ", ".join(f"{k} {v:.3f}s" for k, v in result.report.get("timings_s", {}).items()),
@@ -252,10 +242,101 @@ def _run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output(args: argparse.Namespace) -> Path:
+    """The output path, after checking the input, the target and every path asked for."""
+    if not args.model.is_file():
+        raise UsageError(f"{args.model}: no such file")
+    targets = (args.target_flops, args.target_params, args.target_latency)
+    if args.plan is None and targets == (None, None, None):
+        raise UsageError(
+            "give one of --target-flops, --target-params, --target-latency (or --plan)"
+        )
+    if args.in_place and args.output is not None:
+        raise UsageError("--in-place writes over the input; it cannot be combined with -o")
+    output: Path = args.output or args.model.with_name(args.model.stem + ".pruned.onnx")
+    if args.in_place:
+        output = args.model
+    elif output.resolve() == args.model.resolve():
+        raise UsageError("the output path is the input file; choose another with -o or --in-place")
+    for path in (output, args.report, args.report_html, args.save_plan):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise UsageError(f"{path}: the folder {path.parent} does not exist")
+    return output
+
+
+def _prune(args: argparse.Namespace, output: Path) -> Result:
+    """The main command: ``irprune.prune``, the stages' composition."""
+    from irprune.api import prune
+
+    # a streamed output (large, or external data) is staged beside it: publishing renames
+    return prune(args.model, stage_dir=output.resolve().parent, **_prune_options(args))
+
+
+def _staged_plan(args: argparse.Namespace, output: Path) -> Result:
+    """``irprune plan``: analyze -> score -> plan, and the plan's dry-run report."""
+    target = _target(args)
+    assert target is not None  # _output refused a plan verb without one
+    analysis = _analysis(args)
+    calibration = analysis.calibration(args.calib, seed=args.seed)
+    scores = analysis.score(args.criterion, calib=calibration, seed=args.seed)
+    plan = analysis.plan(
+        target, scores, strategy=args.strategy, round_to=args.round_to,
+        strict_rounding=args.strict_rounding, max_prune=args.max_prune, ignore=args.ignore,
+        calib=calibration, seed=args.seed, latency_threads=args.threads,
+    )  # fmt: skip
+    return plan.preview(rewrite=args.rewrite, calib=calibration, seed=args.seed)
+
+
+def _staged_apply(args: argparse.Namespace, output: Path) -> Result:
+    """``irprune apply``: analyze, the plan file read and checked against the model, then
+    apply (no scoring, no allocation)."""
+    from irprune.stages import Csgd, Plan
+
+    analysis = _analysis(args)
+    plan = Plan.from_document(analysis, args.plan, _target(args))
+    if args.dry_run:
+        return plan.preview(rewrite=args.rewrite, calib=args.calib, seed=args.seed)
+    bn = not args.no_temporary_bn
+    csgd = (
+        Csgd(args.csgd_epochs, args.data, args.csgd_lr, temporary_bn=bn)
+        if args.csgd_epochs
+        else None
+    )
+    return plan.apply(
+        rewrite=args.rewrite, calib=args.calib, seed=args.seed,
+        measure_latency=not args.no_latency, latency_threads=args.threads, csgd=csgd,
+        stage_dir=output.resolve().parent,
+    )  # fmt: skip
+
+
+def _analysis(args: argparse.Namespace) -> Analysis:
+    from irprune.api import check_options
+    from irprune.stages import AnalyzeOptions, run_analysis
+
+    check_options(
+        args.criterion, args.strategy, args.rewrite, args.calib, args.round_to, args.max_prune,
+        args.csgd_epochs, args.data,
+    )  # fmt: skip
+    options = AnalyzeOptions(_shapes(args.input_shape))
+    return run_analysis(args.model, options, args.calib)
+
+
+def _target(args: argparse.Namespace) -> Target | None:
+    """The target given (None: none)."""
+    from irprune.stages import Target
+
+    metrics = ("macs", args.target_flops), ("params", args.target_params)
+    for metric, value in (*metrics, ("latency", args.target_latency)):
+        if value is not None:
+            return Target(metric, value)
+    return None
+
+
 def _plan_verb(verb: str, argv: Sequence[str]) -> argparse.Namespace:
-    """``irprune plan MODEL [options] -o PLAN.json``: the main command's ``--dry-run
-    --save-plan PLAN.json``. ``irprune apply MODEL PLAN.json [options] [-o OUT]``: its
-    ``--plan PLAN.json``."""
+    """The arguments of ``irprune plan MODEL [options] -o PLAN.json`` (what the main command's
+    ``--dry-run --save-plan PLAN.json`` writes, computed by ``_staged_plan``) and of ``irprune
+    apply MODEL PLAN.json [options] [-o OUT]`` (what its ``--plan PLAN.json`` writes, computed
+    by ``_staged_apply``)."""
     if verb == "apply":
         if len(argv) < 2 or argv[1].startswith("-"):
             raise UsageError("usage: irprune apply MODEL PLAN.json [options] [-o OUT.onnx]")
@@ -398,7 +479,13 @@ def _run_finetune(argv: Sequence[str]) -> int:
 
     p = _Parser(prog="irprune finetune", description="Fine-tune a (pruned) ONNX model.")
     p.add_argument("model", type=Path, help="the ONNX model to train (never modified)")
-    p.add_argument("--data", type=Path, required=True, help=".npz of inputs keyed by input name")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help=".npz of inputs keyed by input name, or a folder of NAME.npy files (or NAME/*.npy "
+        "shards), memory-mapped",
+    )
     p.add_argument("--teacher", type=Path, help="the original model: distil from its outputs")
     p.add_argument("--labels", metavar="KEY", help="the labels array in --data (task loss)")
     p.add_argument("--epochs", type=int, default=1)
@@ -406,8 +493,10 @@ def _run_finetune(argv: Sequence[str]) -> int:
     p.add_argument(
         "--lr",
         type=float,
-        help="default: 0.05 (sgd), 1e-3 (adam), run again at a tenth when no epoch helps",
+        help="default: 0.05 (sgd), 1e-3 (adam); when no epoch helps, run again at 0.02x that "
+        "with BN frozen and gradients clipped at norm 1",
     )
+    p.add_argument("--clip-grad", type=float, metavar="NORM", help="clip each step's gradient norm")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
     p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
     p.add_argument("--freeze-bn", action="store_true", help="keep BN running statistics")
@@ -418,7 +507,7 @@ def _run_finetune(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     _logging(args)
     for path in (args.model, args.data, args.teacher):
-        if path is not None and not path.is_file():
+        if path is not None and not (path.is_file() or (path is args.data and path.is_dir())):
             raise UsageError(f"{path}: no such file")
     output = args.output or args.model.with_name(args.model.stem + ".finetuned.onnx")
     if output.resolve() in {args.model.resolve(), args.data.resolve()}:
@@ -427,6 +516,8 @@ def _run_finetune(argv: Sequence[str]) -> int:
         raise UsageError(f"{output}: the folder {output.parent} does not exist")
     with progress.enabled(sys.stderr, quiet=args.quiet):
         result = _finetune(args)
+    if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 writes and reports
+        return 0
     result.save(output)
     if not args.quiet:
         for epoch, loss in enumerate(result.losses, 1):
@@ -455,6 +546,7 @@ def _finetune(args: argparse.Namespace) -> Any:
         temperature=args.temperature,
         freeze_bn=args.freeze_bn,
         temporary_bn=not args.no_temporary_bn,
+        clip=args.clip_grad,
         seed=args.seed,
     )
 
@@ -481,7 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in ("plan", "apply"):
             args = _plan_verb(argv[0], argv[1:])
             _logging(args)
-            return _run_prune(args)
+            return _run_prune(args, _staged_plan if argv[0] == "plan" else _staged_apply)
         args = _prune_parser().parse_args(argv)
         _logging(args)
         return _run_prune(args)

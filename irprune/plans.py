@@ -251,8 +251,12 @@ def _check_kept(kept: object, width: int, size: int, where: str) -> None:
         raise PlanError(f"{where}: kept index {bad} is out of range [0, {size})")
 
 
-def _is_int(value: object) -> TypeGuard[int]:
+def is_int(value: object) -> TypeGuard[int]:
+    """An int that is not a bool (JSON's numbers and flags)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+_is_int = is_int
 
 
 def _ids(ids: list[int]) -> str:

@@ -18,18 +18,13 @@ from irprune.passes.synthesize import (
 
 
 def synthetic_calibration(
-    graph: Graph,
-    cost: CostModel,
-    calib: Any,
-    rewrite: str | None,
-    seed: int,
-    dry_run: bool = False,
+    graph: Graph, cost: CostModel, calib: Any, seed: int, *, auto: bool = False
 ) -> Synthesis | None:
-    """Synthetic calibration data: asked for with ``calib="synthetic[:N]"``, or chosen by
-    ``data_free_calibration`` when the user gave neither data nor a rewrite (not for a dry
-    run, which rewrites nothing)."""
+    """Synthetic calibration data: asked for with ``calib="synthetic[:N]"``, or, with ``auto``
+    (the user gave neither data nor a rewrite, and this is no dry run, which rewrites nothing),
+    chosen by ``data_free_calibration`` where that is affordable."""
     options = parse_spec(calib)
-    auto = calib is None and rewrite is None and not dry_run and synthesize.AUTO_SYNTHESIS
+    auto = auto and calib is None and synthesize.AUTO_SYNTHESIS
     if options is None and not auto:
         return None
     # the synthesis extends a structural copy of the pipeline's graph (constants shared, not

@@ -1,5 +1,5 @@
-"""The planning stage: importance, the latency model, sensitivity curves and allocation, up to
-the plan the build rewrites; read-only on the pipeline's graph."""
+"""The planning stage: the latency model, sensitivity curves and allocation on given scores, up
+to the plan the build rewrites; read-only on the pipeline's graph."""
 
 from __future__ import annotations
 
@@ -18,11 +18,10 @@ from irprune.errors import UsageError
 from irprune.frontends.onnx import ModelSource
 from irprune.ir import Graph
 from irprune.ir.copy import copy_structure
-from irprune.ir.mapped import release_constants
 from irprune.passes.allocation import Plan, Target, allocate
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.cost import CostModel
-from irprune.passes.importance import AUTO, score
+from irprune.passes.importance import Scores
 from irprune.passes.latency import build_latency_model
 from irprune.passes.rewrite.drop import drop
 from irprune.passes.search import Timing, measured_plan
@@ -36,7 +35,7 @@ from irprune.shapes import InputShapes
 class Planned:
     """What the planning stage hands to the build: the scores and the plan."""
 
-    scores: Any
+    scores: Scores
     plan: Plan
     allocation: dict[str, Any]  # allocate's options, reused to re-plan for a latency target
     latency_model: Any
@@ -67,21 +66,16 @@ def resolve_ignore(
 
 def make_plan(
     graph: Graph, analysis: ChannelAnalysis, cost: CostModel, original: ModelSource,
-    original_bytes: bytes | Path,
-    feeds: dict[str, np.ndarray], calib_feeds: dict[str, np.ndarray] | None, labels: Any,
-    target: Target, timer: Timer, *, criterion: str, strategy: str, round_to: int,
-    max_prune: float, ignore: Iterable[str | int], seed: int, latency_threads: int,
-    shapes: InputShapes, synthetic: bool = False, finer: bool = True,
+    original_bytes: bytes | Path, scores: Scores, target: Target, timer: Timer, *,
+    feeds: dict[str, np.ndarray] | None, calib_feeds: dict[str, np.ndarray] | None, strategy: str,
+    round_to: int, max_prune: float, ignore: Iterable[str | int], seed: int,
+    latency_threads: int, shapes: InputShapes, finer: bool = True,
 ) -> Planned:  # fmt: skip
-    """Importance, the latency model (for a latency target or strategy), sensitivity curves
-    (for that strategy) and allocation; read-only on ``graph``."""
+    """The latency model (for a latency target or strategy), sensitivity curves (for that
+    strategy) and allocation, on the given scores; read-only on ``graph``. ``feeds`` (the
+    reference run's) are only read to time latency (a latency target or strategy)."""
     t = time.perf_counter()
-    # ``auto`` measures on the user's data only, not on data synthesised from the model
-    data = None if criterion == AUTO and synthetic else calib_feeds
-    scores = score(graph, analysis, criterion, seed=seed, calib=data, labels=labels)
-    release_constants(graph)  # mapped weights the criterion read leave the resident set
-    t = timer.lap("importance", t)
-    latency_feeds = inputs.first_sample(feeds, shapes)
+    latency_feeds = {} if feeds is None else inputs.first_sample(feeds, shapes)
     latency_model = None
     if target.metric == "latency" or strategy == "latency":
         latency_model = build_latency_model(
@@ -92,7 +86,11 @@ def make_plan(
         t = timer.lap("latency_model", t)
     curves = None
     if strategy == "sensitivity":
-        assert calib_feeds is not None
+        if calib_feeds is None:
+            raise UsageError(
+                "--strategy sensitivity needs calibration data (--calib FILE.npz, or --calib "
+                "synthetic)"
+            )
         curves = measure(import_graph(original), analysis, scores, calib_feeds)
     allocation = dict(
         strategy=strategy,

@@ -18,7 +18,7 @@ def build_report(
     analysis: ChannelAnalysis,
     cost: CostModel,
     plan: Plan,
-    target: Target,
+    target: Target | None,
     settings: dict[str, Any],
     timer: Timer,
     shapes: InputShapes,
@@ -37,7 +37,9 @@ def build_report(
         for g in analysis.groups
     ]
     return {
-        "target": {"metric": target.metric, "fraction": target.fraction},
+        "target": None
+        if target is None
+        else {"metric": target.metric, "fraction": target.fraction},
         "input_shapes": {
             **shapes.as_json(),
             "second": None if second is None else second.describe(),
