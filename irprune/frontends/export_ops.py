@@ -535,9 +535,10 @@ def table() -> AtenTable:
     for name, op_type in [("relu", "Relu"), ("relu_", "Relu"), ("sigmoid", "Sigmoid"),
                           ("tanh", "Tanh"), ("exp", "Exp"), ("sqrt", "Sqrt"), ("neg", "Neg"),
                           ("abs", "Abs"), ("log", "Log"), ("erf", "Erf"),
-                          ("reciprocal", "Reciprocal"), ("hardswish", "HardSwish")]:  # fmt: skip
+                          ("reciprocal", "Reciprocal"), ("hardswish", "HardSwish"),
+                          ("hardswish_", "HardSwish")]:  # fmt: skip
         add(name, default, fxo._unary(op_type))
-    add("hardsigmoid", default, fxo._unary("HardSigmoid", alpha=1 / 6, beta=0.5))
+    add("hardsigmoid hardsigmoid_", default, fxo._unary("HardSigmoid", alpha=1 / 6, beta=0.5))
     add("rsqrt", default, _rsqrt)
     add("gelu", default, _gelu)
     add("silu silu_", default, fxo._silu)

@@ -17,16 +17,25 @@ Nothing is guessed. A torch leaf module, function or method without a lowering
 ``torch.onnx.export`` as an ONNX model-local function (:mod:`irprune.frontends.fx_opaque`), so
 the analysis freezes every channel that touches it (the reason names it) and the emitted model
 still runs. What cannot be kept opaque (the exporter fails, run-time shape arguments) fails
-closed with :class:`~irprune.errors.UnsupportedModelError` naming it.
+closed with :class:`~irprune.errors.UnsupportedModelError` naming it; with ``tracer="auto"`` (the
+default) the module then goes through torch.export instead (:mod:`irprune.frontends.export`),
+as it does when ``symbolic_trace`` fails, and the reason is logged at INFO.
+
+``forward`` parameters past the example inputs that have defaults (``attn_mask=None``) are bound
+to them while tracing, and input guards (``torch._assert(H == 224, ...)``) are dropped: the example
+run satisfied them, and torch.export drops its own.
 
 torch is imported lazily: importing this module does not import torch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
+import operator
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,48 +228,71 @@ def lower(
 
     ``tracer``: ``"fx"`` (``torch.fx.symbolic_trace``, torch module/function/method table),
     ``"export"`` (``torch.export``, ATen table: :mod:`irprune.frontends.export`), or
-    ``"auto"``: fx, and torch.export where fx cannot trace the module."""
+    ``"auto"``: fx, and torch.export wherever the fx path fails (the module cannot be traced,
+    or a call in it can be neither lowered nor kept opaque); the reason is logged at INFO."""
     import torch
 
-    from irprune.frontends import export, export_ops, fx_ops
+    from irprune.frontends import fx_ops
 
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"expected a torch.nn.Module, got {type(module).__name__}")
     if tracer not in TRACERS:
         raise UsageError(f"tracer must be one of {', '.join(TRACERS)}, got {tracer!r}")
     inputs = _example_tuple(example_inputs)
+    name = type(module).__name__
     if module.training:
-        log.warning("%s is in training mode; lowering its eval behaviour", type(module).__name__)
+        log.warning("%s is in training mode; lowering its eval behaviour", name)
     if tracer == "export":
-        gm = export.export_graph(module, inputs)
-    else:
-        try:
-            gm = _trace(module)
-        except UnsupportedModelError as exc:
-            if tracer == "fx":
-                raise
-            log.info("%s; using torch.export", exc)
-            gm = _export_instead(module, inputs, exc)
-        else:
-            log.info("%s traced by torch.fx.symbolic_trace", type(module).__name__)
+        return _lower_exported(module, inputs, input_names, output_names)
+    try:
+        with _eval_mode(module):
+            gm = _trace(module, len(inputs))
             graph = _lower_traced(gm, fx_ops.table(), module, inputs, input_names, output_names)
-            graph.meta["tracer"] = "fx"
-            return graph
-    graph = _lower_traced(
-        gm, export_ops.table(), module, inputs, input_names, output_names, export.annotate_shapes
-    )
+    except UnsupportedModelError as exc:
+        if tracer == "fx":
+            raise
+        log.info("torch.fx path cannot lower %s, falling back to torch.export: %s", name, exc)
+        return _lower_exported(module, inputs, input_names, output_names, fx_error=exc)
+    log.info("%s traced by torch.fx.symbolic_trace and lowered", name)
+    graph.meta["tracer"] = "fx"
+    return graph
+
+
+def _lower_exported(
+    module: Any,
+    inputs: tuple[Any, ...],
+    input_names: Sequence[str] | None,
+    output_names: Sequence[str] | None,
+    fx_error: Exception | None = None,
+) -> Graph:
+    """``module`` through torch.export and the ATen table; where the fx path failed first
+    (``fx_error``) and this fails too, the error gives both reasons."""
+    from irprune.frontends import export, export_ops
+
+    try:
+        gm = export.export_graph(module, inputs)
+        graph = _lower_traced(
+            gm, export_ops.table(), module, inputs, input_names, output_names,
+            export.annotate_shapes,
+        )  # fmt: skip
+    except UnsupportedModelError as exc:
+        if fx_error is None:
+            raise
+        raise UnsupportedModelError(f"{fx_error}; {exc}") from exc
     graph.meta["tracer"] = "export"
     return graph
 
 
-def _export_instead(module: Any, inputs: tuple[Any, ...], fx_error: Exception) -> Any:
-    """torch.export's graph where torch.fx failed; when both fail, both reasons."""
-    from irprune.frontends import export
-
+@contextlib.contextmanager
+def _eval_mode(module: Any) -> Iterator[None]:
+    """Traced and run in eval mode (the lowering is of the eval behaviour: the example run must
+    not update BatchNorm statistics, and ``self.training`` branches take their eval side)."""
+    was_training = module.training
+    module.eval()
     try:
-        return export.export_graph(module, inputs)
-    except UnsupportedModelError as exc:
-        raise UnsupportedModelError(f"{fx_error}; {exc}") from exc
+        yield
+    finally:
+        module.train(was_training)
 
 
 def _lower_traced(
@@ -310,10 +342,20 @@ def _lower_nodes(
             ctx.env_output = _resolve(node.args[0], env)
         else:
             args, kwargs = _resolve(node.args, env), _resolve(node.kwargs, env)
-            result = table.lower(ctx, gm, node, args, kwargs)
+            result = _lower_call(ctx, table, gm, node, args, kwargs)
             _record(ctx, result, metas[node.name])
             env[node.name] = result
     return env
+
+
+def _lower_call(ctx: Lowering, table: Any, gm: Any, node: Any, args: Any, kwargs: Any) -> Any:
+    """One call through ``table``; a lowering that meets arguments it does not handle (a
+    run-time size where it reads a python int, say) fails closed naming the node."""
+    try:
+        return table.lower(ctx, gm, node, args, kwargs)
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise ctx.fail(f"cannot lower {node.target!r}: {type(exc).__name__}: {text}") from exc
 
 
 def _input_names(
@@ -345,16 +387,56 @@ def _example_tuple(example_inputs: Any) -> tuple[Any, ...]:
     return tuple(inputs)
 
 
-def _trace(module: Any) -> Any:
+def _trace(module: Any, n_inputs: int) -> Any:
+    """``torch.fx.symbolic_trace`` with the forward's defaulted parameters past the example
+    inputs bound to their defaults (``attn_mask=None``), then the input guards dropped."""
     import torch.fx
 
+    bound = _defaults_past(module, n_inputs)
     try:
-        return torch.fx.symbolic_trace(module)
+        gm = torch.fx.symbolic_trace(module, concrete_args=bound or None)
     except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError, ...
         text = " ".join(str(exc).split())[:300]
         raise UnsupportedModelError(
             f"torch.fx cannot trace {type(module).__name__}: {type(exc).__name__}: {text}"
         ) from exc
+    _drop_guards(gm, n_inputs)
+    return gm
+
+
+def _defaults_past(module: Any, n_inputs: int) -> dict[str, Any]:
+    """The forward's parameters after the first ``n_inputs`` that have defaults."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params[: n_inputs + 1]):
+        return {}
+    named = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    return {p.name: p.default for p in named[n_inputs:] if p.default is not p.empty}
+
+
+def _drop_guards(gm: Any, n_inputs: int) -> None:
+    """Remove the input guards (``torch._assert``: the example run satisfied them; torch.export
+    drops its own too), the placeholders bound to defaults, and the size reads and comparisons
+    that only fed them."""
+    import torch
+    import torch.fx._symbolic_trace as st
+
+    guards = {torch._assert, getattr(st, "_assert_is_none", None)} - {None}
+    pure = {operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
+            operator.getitem, operator.not_, getattr}  # fmt: skip
+    graph = gm.graph
+    bound = [n for n in graph.nodes if n.op == "placeholder"][n_inputs:]
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in guards and not node.users:
+            graph.erase_node(node)
+    for node in reversed(list(graph.nodes)):
+        dead = node.op == "call_function" and node.target in pure
+        dead = dead or (node.op == "call_method" and node.target in ("size", "dim"))
+        if not node.users and (dead or node in bound):
+            graph.erase_node(node)
+    gm.recompile()
 
 
 def _describe(value: Any) -> Any:

@@ -551,6 +551,8 @@ def table() -> Table:
     import torch.nn.functional as F
     from torch import nn
 
+    from irprune.frontends import fx_functional  # its rules reuse this module's
+
     relu, sigmoid, tanh = _unary("Relu"), _unary("Sigmoid"), _unary("Tanh")
     hardswish, hardsigmoid = _unary("HardSwish"), _unary("HardSigmoid", alpha=1 / 6, beta=0.5)
     add, sub, mul, div = _binary("Add"), _binary("Sub"), _binary("Mul"), _binary("Div")
@@ -618,4 +620,7 @@ def table() -> Table:
         "contiguous": _identity, "clone": _identity, "detach": _identity,
         "float": _float, "to": _to, "type_as": _type_as, "expand_as": shp.expand_as,
     }  # fmt: skip
+    modules.update(fx_functional.modules())
+    functions.update(fx_functional.functions())
+    methods.update(fx_functional.methods())
     return Table(modules, functions, methods)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from irprune.errors import UnsupportedModelError
-from irprune.frontends.fx import Lowering, ModuleLowering, SymInt, SymShape
+from irprune.frontends.fx import Lowering, ModuleLowering, SymInt, SymShape, torch_dtype
 from irprune.ir import Value
 
 _INT64_MAX = int(np.iinfo(np.int64).max)
@@ -138,7 +138,21 @@ def get_attribute(ctx: Lowering, args: tuple, kwargs: dict) -> Any:
         return size_of(ctx, (obj,), {})
     if isinstance(obj, Value) and name == "ndim":
         return ctx.rank(obj)
+    if isinstance(obj, Value) and name in ("dtype", "device"):
+        return _torch_attribute(ctx, obj, name)
     raise ctx.fail(f"attribute .{name} of {type(obj).__name__} has no lowering")
+
+
+def _torch_attribute(ctx: Lowering, x: Value, name: str) -> Any:
+    """``x.dtype`` (from the element type) and ``x.device`` (the CPU: the lowering ran there),
+    python values that casts and tensor factories take as arguments."""
+    import torch
+
+    if name == "device":
+        return torch.device("cpu")
+    dtypes = {torch_dtype(t): t for t in (torch.float32, torch.float64, torch.float16,
+              torch.int64, torch.int32, torch.bool)}  # fmt: skip
+    return dtypes[ctx.dtype(x)]
 
 
 def ndim(ctx: Lowering, args: tuple, kwargs: dict) -> int:

@@ -223,7 +223,7 @@ def test_call_with_run_time_shape_arguments_fails_closed_naming_it() -> None:
             return torch.roll(x, x.size(1) // 2, 1)
 
     with pytest.raises(UnsupportedModelError, match="roll"):
-        to_onnx(Rolled(), torch.randn(1, 4))
+        to_onnx(Rolled(), torch.randn(1, 4), tracer="fx")  # auto falls back to torch.export
 
 
 def test_untraceable_module_names_the_fx_error() -> None:
