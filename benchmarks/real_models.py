@@ -94,14 +94,19 @@ def _second_shape_ok(task: Task, original: Path, pruned: Path) -> tuple[bool | N
 
 
 def _finetune(pruned: Path, original: Path, data: dict[str, np.ndarray], seconds: float) -> Any:
-    """Distil from the original on ``data``: one epoch timed, then the rest of the budget."""
+    """Distil from the original on ``data``: one epoch timed, then the rest of the budget with
+    the settings that epoch was trained with."""
     start = time.process_time()
     tuned = irprune.finetune(str(pruned), data, teacher=str(original), epochs=1, seed=0)
-    per_epoch = time.process_time() - start
+    per_epoch = (time.process_time() - start) / tuned.recipes  # the first epoch ran per recipe
     more = int((seconds - per_epoch) // max(per_epoch, 1e-6))
     epochs = 1
     if more > 0:
-        tuned = irprune.finetune(tuned.model, data, teacher=str(original), epochs=more, seed=1)
+        settings = {"lr": tuned.lr, "optimizer": tuned.optimizer, "freeze_bn": tuned.freeze_bn}
+        settings["clip"] = tuned.clip
+        tuned = irprune.finetune(
+            tuned.model, data, teacher=str(original), epochs=more, seed=1, **settings
+        )  # the recipe the first epoch settled on (the default's retry: the gentle one)
         epochs += more
     return tuned, epochs, time.process_time() - start
 

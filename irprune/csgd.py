@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from irprune import distributed
 from irprune.backends import torch_norm
 from irprune.backends.tempnorm import Normalised
 from irprune.backends.torch import GraphModule
@@ -155,12 +156,19 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
     rng = np.random.default_rng(seed)
     loss_value = float("nan")
+    where = distributed.world(torch)  # under torchrun: each rank its share of every batch
+    trainer = distributed.wrap(torch, module, where)
+    if where.distributed:
+        module.batch_norm_override = distributed.synced_batch_norm(torch, module)
     for epoch in range(epochs):
         order = rng.permutation(n)
-        for a, b in track(bounds, f"C-SGD epoch {epoch + 1}/{epochs}"):
-            idx = order[a:b]
+        label = f"C-SGD epoch {epoch + 1}/{epochs}"
+        for a, b in track(bounds, label) if where.main else bounds:
+            idx = where.shard(order[a:b])
             feeds = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in data.items()}
-            loss = _loss(module.run(feeds)[0], targets[idx], labels is not None)
+            out = trainer(**feeds)
+            first = out[0] if isinstance(out, tuple) else out
+            loss = _loss(first, targets[idx], labels is not None)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"C-SGD training diverged at epoch {epoch + 1} (loss {float(loss.detach())}): "
@@ -170,10 +178,11 @@ def train(
             loss.backward()
             _step(opt, params, tied, epsilon)
             sched.step()
-            loss_value = float(loss.detach())
-        if progress is not None:
+            loss_value = distributed.mean(torch, float(loss.detach()), where)
+        if progress is not None and where.main:
             progress(epoch + 1, epochs, loss_value)
         log.info("C-SGD epoch %d/%d: loss %.4f", epoch + 1, epochs, loss_value)
+    module.batch_norm_override = None
     spread = _spread(params, tied)
     torch_norm.finish(graph, module, normalised, data)
     return CsgdReport(

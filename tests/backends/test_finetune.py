@@ -13,6 +13,7 @@ from onnx import helper
 from irprune import finetune
 from irprune.cli import main
 from irprune.errors import CalibrationError, UsageError
+from irprune.finetune import batch_bounds
 from tests.helpers import make_model, rel_diff, run
 
 pytest.importorskip("torch")
@@ -156,6 +157,29 @@ def test_training_that_helps_keeps_its_last_epoch() -> None:
     assert result.best_epoch == 2 and result.held_out[2] < result.held_out[0]
 
 
+def _weights(model: onnx.ModelProto) -> np.ndarray:
+    arrays = [onnx.numpy_helper.to_array(t).ravel() for t in model.graph.initializer]
+    return np.concatenate(arrays).astype(np.float64)
+
+
+def test_clipping_bounds_every_step() -> None:
+    """With the gradient norm clipped at c, one SGD step with Nesterov momentum 0.9 moves the
+    weights by at most lr * (1 + 0.9 * 10) * c (the momentum buffer holds at most 10 c), so an
+    epoch of ``steps`` steps by at most ``steps`` times that; unclipped, the same run moves them
+    far more than that bound. (No temporary BN: its re-estimated statistics, folded back, move
+    the weights too.)"""
+    teacher, student = _mlp(1), _mlp(2)
+    steps, lr, c = len(batch_bounds(96 - 9, 8)), 0.05, 1e-3  # 9 of the 96 rows held out
+    kw = {"teacher": teacher, "epochs": 1, "batch": 8, "lr": lr, "temporary_bn": False}
+    clipped = finetune(student, {"x": X}, clip=c, **kw)
+    free = finetune(student, {"x": X}, **kw)
+    assert clipped.best_epoch == 1 and clipped.clip == c  # tiny steps still lower the loss
+    bound = steps * lr * 10 * c
+    moved = np.linalg.norm(_weights(clipped.model) - _weights(student))
+    assert 0 < moved <= bound
+    assert np.linalg.norm(_weights(free.model) - _weights(student)) > 20 * bound
+
+
 def test_a_fixed_batch_model_trains_in_its_batch() -> None:
     """ddddocr's idioms: input [1, 2, 4, 4] (a fixed batch, so folding bakes Shape(x)[0] = 1
     into Reshape targets) and no BatchNormalization (a temporary one is measured, then folded):
@@ -201,20 +225,39 @@ def _fixed_batch_net(seed: int) -> onnx.ModelProto:
     return make_model(nodes, [("x", [1, 2, 4, 4])], [("logits", [1, 3, 1])], inits)
 
 
-def test_the_default_rate_is_retried_at_a_tenth_when_no_epoch_helps(
+def test_the_default_settings_try_two_recipes_and_go_on_with_the_better(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With the default learning rate (here made far too high), a run that only raises the
-    held-out loss is run again at RETRY_LR times the rate, which helps, and that is returned;
-    an explicit rate is taken as given (test_training_that_hurts_returns_the_model_as_given)."""
+    """With the default settings, the first epoch runs with the digits setting (here made far
+    too high: it raises the held-out loss) and with the gentle recipe (Adam at GENTLE_LR,
+    gradients clipped, BN frozen), which lowers it: the gentle one goes on and is returned with
+    its settings. An explicit rate is taken as given (one recipe:
+    test_training_that_hurts_returns_the_model_as_given)."""
+    import logging
+
     ft = importlib.import_module("irprune.finetune")  # the module, not the function
     monkeypatch.setitem(ft.DEFAULT_LR, "sgd", 50.0)
-    monkeypatch.setattr(ft, "RETRY_LR", 0.001)  # 50 -> 0.05, the rate that helps this net
     teacher, student = _mlp(1), _mlp(2)
-    result = finetune(student, {"x": X}, teacher=teacher, epochs=1, batch=8)
-    assert result.lr == pytest.approx(0.05)
+    with caplog.at_level(logging.INFO, logger="irprune.finetune"):
+        result = finetune(student, {"x": X}, teacher=teacher, epochs=2, batch=8)
+    assert (result.optimizer, result.lr, result.clip) == ("adam", ft.GENTLE_LR, ft.GENTLE_CLIP)
+    assert result.freeze_bn and result.recipes == 2
+    assert len(result.held_out) == 3  # before, and after each of the chosen run's 2 epochs
     assert result.best_epoch > 0 and min(result.held_out[1:]) < result.held_out[0]
+    assert "going on with adam" in caplog.text
     assert "did not lower the held-out loss" not in caplog.text
+
+
+def test_the_digits_setting_goes_on_where_it_is_better() -> None:
+    """A student far from its teacher (the digits case): SGD 0.05 lowers the held-out loss more
+    in its first epoch than the gentle recipe, so it goes on."""
+    teacher, student = _mlp(1), _mlp(2)
+    result = finetune(student, {"x": X}, teacher=teacher, epochs=2, batch=8)
+    assert (result.optimizer, result.lr, result.freeze_bn) == ("sgd", 0.05, False)
+    assert result.recipes == 2
+    given = finetune(student, {"x": X}, teacher=teacher, epochs=2, batch=8, lr=0.05)
+    assert given.recipes == 1
+    assert given.model.SerializeToString() == result.model.SerializeToString()
 
 
 def _recognizer(seed: int) -> onnx.ModelProto:
@@ -244,7 +287,7 @@ def test_probability_outputs_are_distilled_with_kl_per_position() -> None:
     assert ft.softmax_outputs(graph) == {"p": 2}
     t, s = run(teacher, {"x": seq})[0], run(student, {"x": seq})[0]
     want = float(np.mean(np.sum(t * (np.log(t) - np.log(s)), axis=-1)))
-    setup = ft._Setup(1, 8, 0.05, "sgd", 1.0, 0, {"p": 2})
+    setup = ft._Setup(1, 8, 0.05, "sgd", 1.0, 0, softmax_axes={"p": 2})
 
     class _Outputs:
         output_names = ("p",)
