@@ -79,7 +79,7 @@ def bench(name: str, style: str, target: float, epochs: int, batch: int) -> dict
     return row
 
 
-def render(rows: list[dict[str, Any]]) -> str:
+def render(rows: list[dict[str, Any]], note: str = "") -> str:
     lines = [
         "# Fine-tuning on two processes (issue #17)",
         "",
@@ -89,6 +89,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         "--nproc-per-node 2` (gloo, one torch thread per process, data as a folder of .npy "
         "shards). Top-1 % on the 450 test images; samples per second of the whole command "
         "(startup included) on this 2-core machine.",
+        *(["", note] if note else []),
         "",
         "| net | export | target | epochs | original | pruned | 1 process | 2 processes | "
         "samples/s, 1 | samples/s, 2 |",
@@ -111,14 +112,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "distributed.json")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "distributed.md")
+    p.add_argument("--note", default="", help="a line on the machine's state, for the doc")
+    p.add_argument("--render", type=Path, help="only re-render the doc from this JSON")
     args = p.parse_args(argv)
+    if args.render:
+        args.doc.write_text(render(json.loads(args.render.read_text()), args.note))
+        return
     rows = [
         bench(net, style, args.target, args.epochs, args.batch)
         for net in args.nets
         for style in args.styles
     ]
     args.out.write_text(json.dumps(rows, indent=1) + "\n")
-    args.doc.write_text(render(rows))
+    args.doc.write_text(render(rows, args.note))
 
 
 if __name__ == "__main__":
