@@ -10,7 +10,9 @@ For each residual image model of the zoo, exported at ``--image-size`` px (``ben
   block that would take the removed share past ``--depth-max``, until it reaches
   ``--depth-min`` (default 20-30% of the MACs); ``rewrite.remove_blocks``;
 * ``depth+width`` -- ``irprune.prune(depth, target_flops=F / r_d, rewrite="drop")`` with ``r_d``
-  the depth model's MAC ratio, so the result costs ``F`` of the original again.
+  the depth model's MAC ratio, so the result costs ``F`` of the original again;
+* ``auto`` -- the product's own path, ``irprune.prune(original, target_flops=F,
+  rewrite="drop", depth="auto")`` (``stages.depth`` chooses blocks and widths together).
 
 MAC ratios are counted by ``tests/oracles.py`` (independent of irprune's cost model). Latency:
 onnxruntime with all graph optimizations, ``--threads`` intra-op threads (spinning off), batch 1,
@@ -19,8 +21,17 @@ time, median of ``--runs``; speedup = original / model. ``rel_l2``: the relative
 the outputs against the original on seeded random inputs (the zoo's weights are random, so
 this says how much each plan changes the function, not accuracy).
 
+``--digits``: accuracy instead of speed, through the product path. For each digits-trained
+net (``--digits-nets``, ``models/digits.py``, explicit BN), ``irprune.prune(net,
+target_flops=F, calib=C)`` (the default rewrite with calibration data: reconstruct) with
+``depth="off"`` and ``depth="auto"`` (``stages.depth``: blocks and widths chosen together), C
+the 128-image calibration subset of the training split, top-1 accuracy on the 450 test images;
+MAC ratios by ``tests/oracles.py``. Writes ``benchmarks/results/depth_digits.json`` and the
+section of ``docs/depth.md`` between its markers.
+
 Usage: ``python benchmarks/depth.py [--models resnet18 ...] [--runs 60]`` writes
-``benchmarks/results/depth.json`` and ``docs/depth.md`` (``--render JSON``: only the doc).
+``benchmarks/results/depth.json`` and ``docs/depth.md`` (``--render JSON``: only the doc);
+``python benchmarks/depth.py --digits`` the accuracy section.
 """
 
 from __future__ import annotations
@@ -148,7 +159,15 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
     width = prune(str(path), target_flops=args.target_flops, rewrite="drop", measure_latency=False)
     both = prune(depth, target_flops=min(1.0, args.target_flops / r_depth), rewrite="drop",
                  measure_latency=False)  # fmt: skip
-    plans = {"width": width.model, "depth": depth, "depth+width": both.model}
+    auto = prune(
+        str(path),
+        target_flops=args.target_flops,
+        rewrite="drop",
+        depth="auto",
+        measure_latency=False,
+    )  # fmt: skip  (the product path: stages.depth)
+    row["auto_blocks"] = [b["add"] for b in auto.report.get("blocks_removed", [])]
+    plans = {"width": width.model, "depth": depth, "depth+width": both.model, "auto": auto.model}
     data = [m.SerializeToString() for m in (original, *plans.values())]
     feeds = random_inputs(session(data[0]), batch=1, seed=0)
     clocks = timed(data, feeds, args.threads, args.runs)
@@ -174,16 +193,17 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in rows if r["status"] == "OK"]
     out: dict[str, Any] = {}
     for clock in ("speedup", "cpu_speedup"):
-        for key in ("width", "depth", "depth+width"):
+        for key in ("width", "depth", "depth+width", "auto"):
             values = [r[clock][key] for r in ok]
             if values:
                 out[f"{clock}:{key}"] = {"median": statistics.median(values), "min": min(values)}
-        gains = [r[clock]["depth+width"] / r[clock]["width"] for r in ok]
-        if gains:
-            out[f"{clock}:depth+width/width"] = {
-                "median": statistics.median(gains),
-                "min": min(gains),
-            }
+        for key in ("depth+width", "auto"):
+            gains = [r[clock][key] / r[clock]["width"] for r in ok if key in r[clock]]
+            if gains:
+                out[f"{clock}:{key}/width"] = {
+                    "median": statistics.median(gains),
+                    "min": min(gains),
+                }
     return out
 
 
@@ -204,8 +224,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"brackets (a shared machine: load average {load} on {env['cpus']} cores).",
         "",
         "| model | blocks removed / removable | depth MACs removed | original ms | width | "
-        "depth | depth+width | MACs width / d+w | rel L2 width / d+w |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "depth | depth+width | auto (blocks) | MACs width / d+w | rel L2 width / d+w |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_row(r) for r in result["rows"]]
     lines += ["", "Over the models (`speedup`: wall time, `cpu_speedup`: process CPU time):", ""]
@@ -217,13 +237,15 @@ def markdown(result: dict[str, Any]) -> str:
 
 def _row(r: dict[str, Any]) -> str:
     if r["status"] != "OK":
-        return f"| {r['model']} | {r['status']}: {r.get('message', '')} ||||||||"
+        return f"| {r['model']} | {r['status']}: {r.get('message', '')} |||||||||"
     d, mr, e = r["depth"], r["mac_ratio"], r["rel_l2"]
     sp = {k: f"{r['speedup'][k]:.2f}x ({r['cpu_speedup'][k]:.2f}x)" for k in r["speedup"]}
     return (
         f"| {r['model']} | {len(d['removed'])} / {d['candidates']} | "
         f"{d['removed_mac_share']:.0%} | {r['original_ms']:.1f} | {sp['width']} | "
-        f"{sp['depth']} | {sp['depth+width']} | {mr['width']:.3f} / {mr['depth+width']:.3f} | "
+        f"{sp['depth']} | {sp['depth+width']} | "
+        f"{sp.get('auto', '-')} ({len(r.get('auto_blocks', []))}) | "
+        f"{mr['width']:.3f} / {mr['depth+width']:.3f} | "
         f"{e['width']:.2f} / {e['depth+width']:.2f} |"
     )
 
@@ -238,7 +260,99 @@ NOTES = [
     "are random, so the data-free score ranks blocks by weight scale only, and *rel L2* shows",
     "how much each plan changes the function (no repair run), not accuracy. Accuracy at equal",
     "MACs (digits nets, pretrained models) is the next measurement.",
+    "",
+    "In the product: `--depth {off,auto,only}` and `--max-blocks N` (`irprune/stages/depth.py`",
+    "states the rule). *auto* tries k = 0, 1, ... of the lowest-scored blocks with the widths",
+    "planned for the rest of the budget and keeps the candidate measured closest to the",
+    "original (repaired by reconstruct on half of 64 calibration samples and measured on the",
+    "other half; unrepaired on random inputs without data). The *auto* column is that path",
+    "with `--rewrite drop` and no calibration data.",
 ]
+
+
+DIGITS_BEGIN, DIGITS_END = "<!-- digits:begin -->", "<!-- digits:end -->"
+
+
+def digits_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Accuracy of one digits net pruned to ``--target-flops`` with calibration, depth off vs
+    auto (the product path: ``irprune.prune(depth=...)``)."""
+    from models.digits import accuracy, cached_digits_onnx, calib_subset, load_digits_split
+
+    split = load_digits_split(0)
+    test = (split.x_test, split.y_test)
+    calib = {"input": split.x_train[calib_subset(split, 128, 0)]}
+    path = cached_digits_onnx(name, "explicit", args.digits_cache)
+    original = onnx.load(path)
+    shape = {"input": [1, *split.x_test.shape[1:]]}
+    row: dict[str, Any] = {"model": name, "original": accuracy(path, *test)}
+    for depth in ("off", "auto"):
+        start = time.perf_counter()
+        result = prune(str(path), target_flops=args.target_flops, calib=calib, depth=depth,
+                       measure_latency=False)  # fmt: skip
+        row[depth] = {
+            "accuracy": accuracy(result.model, *test),
+            "mac_ratio": count_macs(result.model, shape) / count_macs(original, shape),
+            "blocks_removed": [b["add"] for b in result.report.get("blocks_removed", [])],
+            "rel_l2": result.report["fidelity"]["rel_l2"],
+            "seconds": time.perf_counter() - start,
+        }
+        log.info("%s depth %s: %s", name, depth, row[depth])
+    return row
+
+
+def digits_markdown(rows: list[dict[str, Any]], target: float) -> str:
+    lines = [
+        DIGITS_BEGIN,
+        "## Accuracy: digits nets, calibrated, depth auto vs off",
+        "",
+        "Produced by `python benchmarks/depth.py --digits` (raw numbers in",
+        f"`benchmarks/results/depth_digits.json`): `irprune.prune(net, target_flops={target},",
+        "calib=128 training images, depth=...)`, the default rewrite (reconstruct),",
+        "top-1 accuracy on the 450 held-out test images; MAC ratio by `tests/oracles.py`.",
+        "",
+        "| net | original | off: acc / MACs | auto: acc / MACs | auto removed "
+        "| rel L2 off / auto |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        off, auto = r["off"], r["auto"]
+        lines.append(
+            f"| {r['model']} | {r['original']:.3f} | {off['accuracy']:.3f} / "
+            f"{off['mac_ratio']:.3f} | {auto['accuracy']:.3f} / {auto['mac_ratio']:.3f} | "
+            f"{', '.join(auto['blocks_removed']) or 'none'} | {off['rel_l2']:.3f} / "
+            f"{auto['rel_l2']:.3f} |"
+        )
+    deltas = [r["auto"]["accuracy"] - r["off"]["accuracy"] for r in rows]
+    lines += [
+        "",
+        f"Depth auto minus off, accuracy: {', '.join(f'{d * 100:+.1f}' for d in deltas)} points"
+        f" ({', '.join(r['model'] for r in rows)}). *rel L2* is the report's fidelity, on the",
+        "calibration data the repair was fitted on. Auto picks among k = 0 .. K blocks by the",
+        "error of each candidate repaired on 32 calibration samples and measured on 32 others;",
+        "where that pick removes blocks the full repair (128 samples) may still end farther from",
+        "the original than width alone, as the rel L2 column shows: blocks are repaired only",
+        "through the consumers the width plan shrinks.",
+    ]
+    return "\n".join([*lines, DIGITS_END])
+
+
+def write_digits(args: argparse.Namespace, rows: list[dict[str, Any]] | None = None) -> None:
+    """Measure (or, given ``rows``, only render) the digits section."""
+    out = args.out.with_name("depth_digits.json")
+    if rows is None:
+        rows = [digits_row(name, args) for name in args.digits_nets]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        data = {"target_flops": args.target_flops, "rows": rows}
+        out.write_text(json.dumps(data, indent=1) + "\n")
+    text = args.doc.read_text() if args.doc.is_file() else ""
+    section = digits_markdown(rows, args.target_flops)
+    if DIGITS_BEGIN in text:
+        head, rest = text.split(DIGITS_BEGIN, 1)
+        text = head + section + (rest.split(DIGITS_END, 1)[1] or "\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    args.doc.write_text(text)
+    log.info("wrote %s and %s", out, args.doc)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -254,6 +368,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "depth.json")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "depth.md")
     p.add_argument("--render", type=Path, help="only write --doc from this results JSON")
+    p.add_argument("--digits", action="store_true", help="the digits accuracy section only")
+    p.add_argument("--render-digits", type=Path, help="with --digits: only render this JSON")
+    p.add_argument("--digits-nets", nargs="+", default=["resnet20", "mobilenetv2_small"])
+    p.add_argument(
+        "--digits-cache", type=Path, default=Path(tempfile.gettempdir()) / "irprune-digits"
+    )
     return p.parse_args(argv)
 
 
@@ -262,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.render is not None:
         args.doc.write_text(markdown(json.loads(args.render.read_text())))
+        return 0
+    if args.digits:
+        rows = None
+        if args.render_digits is not None:
+            rows = json.loads(args.render_digits.read_text())["rows"]
+        write_digits(args, rows)
         return 0
     env = {"git_head": git_head(), "loadavg_at_start": os.getloadavg(), "cpus": os.cpu_count()}
     rows = []
@@ -277,7 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s", json.dumps(result["summary"], indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    args.doc.write_text(markdown(result))
+    text = markdown(result)
+    if args.doc.is_file() and DIGITS_BEGIN in (old := args.doc.read_text()):
+        section = DIGITS_BEGIN + old.split(DIGITS_BEGIN, 1)[1].split(DIGITS_END, 1)[0]
+        text += "\n" + section + DIGITS_END + "\n"  # the --digits section, kept
+    args.doc.write_text(text)
     log.info("wrote %s and %s", args.out, args.doc)
     return 0
 

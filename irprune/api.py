@@ -95,6 +95,8 @@ def prune(
     temporary_bn: bool = True,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     from_plan: str | Path | Mapping[str, Any] | None = None,
+    depth: str = "off",
+    max_blocks: int | None = None,
 ) -> Result:
     """Prune ``model`` to the target and return the verified result (nothing is written).
 
@@ -138,6 +140,12 @@ def prune(
     corrected by re-planning). With the settings it was made with, the result is the same
     model.
 
+    ``depth`` removes whole residual blocks (``y = x + f(x)``, identity shortcuts) too:
+    ``"only"`` blocks alone, lowest-scored first, until the target is met; ``"auto"`` blocks
+    and widths together, the combination measured closest to the original
+    (:mod:`irprune.stages.depth` states the rule); at most ``max_blocks`` blocks. The report's
+    ``blocks_removed`` lists them with their scores, and a plan file records them.
+
     ``prune`` is the composition of the staged API (``irprune.analyze`` -> ``Analysis.score``
     -> ``Analysis.plan`` -> ``Plan.apply``, :mod:`irprune.stages`), which gives the same bytes
     with the same settings.
@@ -174,6 +182,7 @@ def prune(
             target, scores, strategy=strategy, round_to=round_to,
             strict_rounding=strict_rounding, max_prune=max_prune, ignore=tuple(ignore),
             calib=calibration, seed=seed, latency_threads=latency_threads,
+            depth=depth, max_blocks=max_blocks,
         )  # fmt: skip
     if dry_run:
         return plan.preview(rewrite=rewrite, calib=calibration, seed=seed)

@@ -166,6 +166,14 @@ def _prune_parser() -> _Parser:
         "(by default narrow groups then round finer; finer widths run slower on CPUs whose "
         "kernels work in blocks of 16 channels)",
     )
+    p.add_argument(
+        "--depth",
+        choices=("off", "auto", "only"),
+        default="off",
+        help="remove whole residual blocks too: only = blocks alone until the target is met, "
+        "auto = blocks and widths together (the plan measured closest to the original)",
+    )
+    p.add_argument("--max-blocks", type=int, metavar="N", help="--depth: remove at most N blocks")
     p.add_argument("--ignore", action="append", default=[], metavar="NODE_OR_GROUP")
     p.add_argument("--max-prune", type=float, default=DEFAULT_MAX_PRUNE, metavar="F")
     p.add_argument("--report", type=Path, metavar="FILE.json")
@@ -283,6 +291,7 @@ def _staged_plan(args: argparse.Namespace, output: Path) -> Result:
         target, scores, strategy=args.strategy, round_to=args.round_to,
         strict_rounding=args.strict_rounding, max_prune=args.max_prune, ignore=args.ignore,
         calib=calibration, seed=args.seed, latency_threads=args.threads,
+        depth=args.depth, max_blocks=args.max_blocks,
     )  # fmt: skip
     return plan.preview(rewrite=args.rewrite, calib=calibration, seed=args.seed)
 
@@ -373,6 +382,8 @@ def _prune_options(args: argparse.Namespace) -> dict[str, Any]:
         temporary_bn=not args.no_temporary_bn,
         input_shapes=_shapes(args.input_shape),
         from_plan=args.plan,
+        depth=args.depth,
+        max_blocks=args.max_blocks,
     )
 
 
@@ -493,8 +504,9 @@ def _run_finetune(argv: Sequence[str]) -> int:
     p.add_argument(
         "--lr",
         type=float,
-        help="default: 0.05 (sgd), 1e-3 (adam); when no epoch helps, run again at 0.02x that "
-        "with BN frozen and gradients clipped at norm 1",
+        help="default: 0.05 (sgd), 1e-3 (adam); with no --lr, --clip-grad or --freeze-bn, the "
+        "first epoch also runs with Adam at 1e-4, BN frozen, gradients clipped at norm 1, and "
+        "the recipe with the lower held-out loss goes on",
     )
     p.add_argument("--clip-grad", type=float, metavar="NORM", help="clip each step's gradient norm")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")

@@ -1,5 +1,9 @@
-"""``irprune inspect``: channel groups, their members, what freezes them, their cost; and the
-channel-group graph in Graphviz DOT (``--dot``)."""
+"""``irprune inspect``: channel groups, their members, what freezes them, their cost; the
+residual blocks depth pruning may remove (kind, MACs share, params) and the residual Adds it
+may not, with the reason; and the channel-group graph in Graphviz DOT (``--dot``).
+
+It reads the model without onnxruntime (``irprune.analyze`` opens a session, so a model the
+runtime cannot load could not be inspected), on the same import, folding and analyses."""
 
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ def inspect_model(
         "params": cost.evaluate().params,
         "prunable_macs_share": prunable_share(analysis, cost),
         "groups": groups,
+        **_blocks(graph, total),
         "subgraph_macs": {k: dict(v) for k, v in cost.subgraph_macs.items()},
     }
     info["text"] = _text(info)
@@ -57,6 +62,22 @@ def inspect_model(
         {"from": a, "to": b, "ops": ops} for (a, b), ops in group_edges(graph, analysis).items()
     ]
     return info
+
+
+def _blocks(graph: Graph, macs: float) -> dict[str, Any]:
+    """The removable blocks and the rejected residual Adds (``stages.depth``)."""
+    from irprune.stages.depth import block_candidates
+
+    _, blocks, rejected = block_candidates(graph, macs)
+    return {
+        "blocks": [
+            {"add": b.add, "output": b.output, "kind": b.kind, "nodes": b.nodes,
+             "macs_share": b.macs_share, "params": b.params}
+            for b in blocks
+        ],
+        "rejected_blocks": [{"add": r.add, "output": r.output, "reason": r.reason}
+                            for r in rejected],
+    }  # fmt: skip
 
 
 def group_edges(graph: Graph, analysis: ChannelAnalysis) -> dict[tuple[int, int], list[str]]:
@@ -160,4 +181,18 @@ def _text(info: dict[str, Any]) -> str:
         lines.append(f"{'':>30}members: {shown}")
         for reason in g["frozen"][:3]:
             lines.append(f"{'':>30}- {reason}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *_block_text(info)])
+
+
+def _block_text(info: Mapping[str, Any]) -> list[str]:
+    blocks, rejected = info.get("blocks", []), info.get("rejected_blocks", [])
+    if not blocks and not rejected:
+        return ["", "residual blocks: none (no Add of two varying inputs)"]
+    lines = ["", f"residual blocks: {len(blocks)} removable (--depth), {len(rejected)} not"]
+    if blocks:
+        lines.append(f"{'MACs':>7} {'params':>9}  {'kind':<20} add")
+    for b in blocks:
+        lines.append(f"{b['macs_share']:>6.1%} {b['params']:>9}  {b['kind']:<20} {b['add']}")
+    for r in rejected:
+        lines.append(f"  not removable: {r['add']}: {r['reason']}")
+    return lines

@@ -177,6 +177,23 @@ def from_dict(data: Mapping[str, Any], analysis: ChannelAnalysis, *, fingerprint
     )
 
 
+def blocks_of(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The residual blocks a document removes (``"blocks"``, depth pruning: each names its
+    block by its Add's ``output``), checked for form; empty when it removes none."""
+    blocks = data.get("blocks", [])
+    if not isinstance(blocks, list):
+        raise PlanError("'blocks' must be a list of removed blocks")
+    out = []
+    for i, entry in enumerate(blocks):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("output"), str):
+            raise PlanError(f"blocks[{i}]: an object with the block's 'output' name expected")
+        out.append(dict(entry))
+    names = [b["output"] for b in out]
+    if len(set(names)) != len(names):
+        raise PlanError("a block is listed twice in 'blocks'")
+    return out
+
+
 def _check_header(data: Mapping[str, Any], fingerprint: str) -> None:
     if not isinstance(data, Mapping) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, Mapping) else type(data).__name__

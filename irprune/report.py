@@ -113,6 +113,21 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _blocks_removed(blocks: list[Mapping[str, Any]]) -> list[str]:
+    """The table's lines for the residual blocks a depth plan removed."""
+    if not blocks:
+        return []
+    lines = [f"blocks removed: {len(blocks)} ({blocks[0]['why']})"]
+    for b in blocks[:12]:
+        score = "-" if b["score"] is None else f"{b['score']:.4g}"
+        lines.append(
+            f"  {b['add']}: {b['kind']}, {b['macs_share']:.1%} of MACs, {b['criterion']} {score}"
+        )
+    if len(blocks) > 12:
+        lines.append(f"  ... {len(blocks) - 12} more (see --report)")
+    return lines
+
+
 def format_table(report: Mapping[str, Any]) -> str:
     """The human-readable summary printed by the CLI."""
     lines = []
@@ -170,6 +185,7 @@ def format_table(report: Mapping[str, Any]) -> str:
         lines.append(f"  frozen {g['id']:>3} ({g['size']} ch): {g['frozen'][0]}")
     if len(frozen) > 8:
         lines.append(f"  ... {len(frozen) - 8} more frozen groups (see --report)")
+    lines += _blocks_removed(report.get("blocks_removed", []))
     syn = report.get("synthetic")
     if syn:
         lines.append(

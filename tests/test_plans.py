@@ -310,7 +310,8 @@ def test_document_matches_schema(setup) -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert keywords(schema) <= KNOWN  # the validator above understands every keyword used
     assert conforms(json.loads(json.dumps(doc)), schema, schema) == []
-    assert set(schema["properties"]) == set(doc)
+    # "blocks" only in plans that remove residual blocks: test_depth_document_matches_schema
+    assert set(schema["properties"]) == set(doc) | {"blocks"}
     assert set(schema["$defs"]["group"]["properties"]) == {k for g in doc["groups"] for k in g}
     broken = copy.deepcopy(doc)
     del broken["groups"][0]["width"]
@@ -319,3 +320,25 @@ def test_document_matches_schema(setup) -> None:
         "$.round_to: not integer",
         "$.groups[0]: no 'width'",
     ]
+
+
+def test_depth_document_matches_schema(tmp_path: Path) -> None:
+    """A plan that removes residual blocks records them (by Add output) as the schema says."""
+    import irprune
+    from tests.passes.analysis.test_blocks import basic_net
+
+    path = tmp_path / "res.onnx"
+    onnx.save(basic_net(4), path)
+    analysis = irprune.analyze(path)
+    doc = analysis.plan(0.53, analysis.score("l1"), depth="only").to_document()
+    schema = json.loads(plans.SCHEMA.read_text())
+    assert conforms(json.loads(json.dumps(doc)), schema, schema) == []
+    assert set(schema["properties"]) == set(doc)
+    assert set(schema["$defs"]["block"]["properties"]) == {k for b in doc["blocks"] for k in b}
+    assert [b["output"] for b in plans.blocks_of(doc)] == [b["output"] for b in doc["blocks"]]
+    for broken, message in (([{"add": "x"}], "blocks\\[0\\]"), ("b0.add", "must be a list")):
+        with pytest.raises(PlanError, match=message):
+            plans.blocks_of({**doc, "blocks": broken})
+    twice = {**doc, "blocks": [doc["blocks"][0], doc["blocks"][0]]}
+    with pytest.raises(PlanError, match="twice"):
+        plans.blocks_of(twice)

@@ -72,7 +72,10 @@ def test_analyze_finds_groups_costs_and_reasons_and_leaves_the_model_alone(
     assert max(g.macs_share for g in analysis.groups) > 0.1
     assert all(g.members and g.sources and g.size > 0 for g in analysis.groups)
     assert 0 < analysis.prunable_macs_share <= 1
-    assert analysis.blocks == ()  # the hook for removable blocks (depth), empty for now
+    # the removable residual blocks (depth): the demo model's one identity-shortcut block
+    assert [(b.add, b.kind) for b in analysis.blocks] == [("add6", "basic")]
+    assert 0.3 < analysis.blocks[0].macs_share < 0.5 and analysis.blocks[0].params > 0
+    assert all(r.reason for r in analysis.rejected_blocks)
     _frozen(analysis, "fingerprint")
     _frozen(analysis.groups[0], "size")
     with pytest.raises(TypeError):

@@ -20,9 +20,11 @@ from irprune.errors import TargetError
 from irprune.frontends.onnx import ModelSource
 from irprune.ir import Graph
 from irprune.passes.allocation import Plan, Target, allocate
+from irprune.passes.analysis.blocks import Block
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.importance import Scores
 from irprune.passes.latency import LatencyModel
+from irprune.passes.rewrite.remove_blocks import bypass_blocks, finish_removal
 from irprune.pipeline.load import import_graph
 from irprune.pipeline.rewrite import CsgdOptions, apply_rewrite
 from irprune.pipeline.timer import Timer
@@ -76,15 +78,25 @@ class Build:
     stream: Stream = Stream(False, None, None)
     second: SecondShape | None = None  # verify at a second input shape too
     tolerated: frozenset[str] = frozenset()  # values the original's own shapes misdeclare
+    # depth: residual blocks removed first (``remove_blocks.bypass_blocks``: ``graph`` comes
+    # bypassed, ``bypassed`` its blocks; a fresh import is bypassed here), deleted after the
+    # width rewrite and its repair, which so fit to the original, blocks included
+    blocks: tuple[Block, ...] = ()
+    bypassed: tuple[Any, ...] = ()
 
     def run(self, plan: Plan) -> tuple[Pruned, list[np.ndarray]]:
         t = time.perf_counter()
-        graph = self.graph if self.graph is not None else import_graph(self.original)
-        self.graph = None
+        graph, bypassed = self.graph, self.bypassed
+        if graph is None:
+            graph = import_graph(self.original)
+            bypassed = bypass_blocks(graph, self.blocks) if self.blocks else ()
+        self.graph, self.bypassed = None, ()
         self.extra = apply_rewrite(
             graph, self.original, self.analysis, plan, self.rewrite, self.calib, self.seed,
             self.csgd, self.new_params,
         )  # fmt: skip
+        if bypassed:
+            finish_removal(graph, bypassed)
         graph.verify()
         t = self.timer.lap("rewrite", t)
         if should_stream(graph, self.stream.external, self.stream.threshold):

@@ -19,6 +19,7 @@ from irprune import inputs, plans
 from irprune.emit.stream import weight_bytes
 from irprune.emit.verify import captured_warnings
 from irprune.passes.allocation import Target, unit_channels
+from irprune.passes.analysis.blocks import BlockAnalysis
 from irprune.passes.analysis.channels import ChannelAnalysis
 from irprune.passes.analysis.channels import analyze as analyze_channels
 from irprune.passes.analysis.cost import CostModel, build_cost_model
@@ -26,6 +27,7 @@ from irprune.pipeline.load import import_graph, load_model
 from irprune.pipeline.reference import original_session
 from irprune.pipeline.report import prunable_share
 from irprune.shapes import InputShapes
+from irprune.stages.depth import BlockInfo, RejectedAdd, block_candidates
 from irprune.stages.model import Calibration, LoadedModel, read_given_calibration
 from irprune.stages.options import (
     DEFAULT_MAX_PRUNE,
@@ -65,10 +67,10 @@ class GroupInfo:
 @dataclass(frozen=True, eq=False)
 class Analysis:
     """The analysed model (see the module docstring). ``groups`` and ``frozen`` describe the
-    channel groups; ``blocks`` the removable blocks (residual blocks whose removal depth
-    pruning would plan; empty until that analysis, ``passes/analysis/blocks.py``, lands);
-    ``channels`` and ``cost`` are what the passes read; ``loaded`` the model the later stages
-    use (private)."""
+    channel groups; ``blocks`` the removable residual blocks depth pruning plans
+    (``stages.depth``), ``rejected_blocks`` the residual Adds that are not, with the reason;
+    ``channels``, ``cost`` and ``block_analysis`` are what the passes read; ``loaded`` the
+    model the later stages use (private)."""
 
     model_name: str
     fingerprint: str  # plans.fingerprint of the imported graph: plan files are checked by it
@@ -81,7 +83,9 @@ class Analysis:
     cost: CostModel = field(repr=False)
     loaded: LoadedModel = field(repr=False)
     timings: Mapping[str, float] = field(default_factory=dict, repr=False)
-    blocks: tuple[Any, ...] = ()
+    blocks: tuple[BlockInfo, ...] = ()
+    rejected_blocks: tuple[RejectedAdd, ...] = ()
+    block_analysis: BlockAnalysis = field(default=BlockAnalysis((), ()), repr=False)
 
     @cached_property
     def groups(self) -> tuple[GroupInfo, ...]:
@@ -121,14 +125,17 @@ class Analysis:
         strategy: str = "global", round_to: int = DEFAULT_ROUND_TO,
         strict_rounding: bool = False, max_prune: float = DEFAULT_MAX_PRUNE,
         ignore: Sequence[str | int] = (), calib: Any = None, seed: int = 0,
-        latency_threads: int = 1,
+        latency_threads: int = 1, depth: str = "off", max_blocks: int | None = None,
     ) -> Plan:  # fmt: skip
         """Allocate widths to meet ``target`` (a MAC fraction, ``Target(metric, F)`` or
         ``{"params": F}``) on ``scores`` (default: ``self.score()``), by ``PlanOptions``;
-        ``calib`` for the sensitivity strategy. Raises ``TargetError`` when it cannot be met."""
+        ``calib`` for the sensitivity strategy (and the block scores and candidate plans of
+        ``depth`` ``auto`` / ``only``, see ``stages.depth``). Raises ``TargetError`` when it
+        cannot be met."""
         options = PlanOptions(
-            strategy, round_to, strict_rounding, max_prune, tuple(ignore), seed, latency_threads
-        )
+            strategy, round_to, strict_rounding, max_prune, tuple(ignore), seed, latency_threads,
+            depth, max_blocks,
+        )  # fmt: skip
         goal = make_target(target)
         return make_plan(self, goal, scores if scores is not None else self.score(), options, calib)
 
@@ -173,6 +180,7 @@ def run_analysis(model: Any, options: AnalyzeOptions, calib: Any = None) -> Anal
     loaded = LoadedModel(model, source, graph, original_bytes, session, (calib, arrays))
     load_s, t = time.perf_counter() - t, time.perf_counter()
     channels, cost = _channels_and_cost(graph)  # reads shapes and small constants, not weights
+    found, blocks, rejected = block_candidates(graph, float(cost.evaluate().macs))
     fingerprint = plans.fingerprint(graph)
     times = {"load": load_s, "analysis": time.perf_counter() - t}
     assert source.shapes is not None
@@ -188,6 +196,9 @@ def run_analysis(model: Any, options: AnalyzeOptions, calib: Any = None) -> Anal
         cost=cost,
         loaded=loaded,
         timings=MappingProxyType(times),
+        blocks=blocks,
+        rejected_blocks=rejected,
+        block_analysis=found,
     )
 
 

@@ -17,11 +17,16 @@ from irprune import inputs
 from irprune import report as rep
 from irprune.emit.stream import STREAM_THRESHOLD, Staged
 from irprune.frontends.onnx import external_files
+from irprune.ir import Graph
 from irprune.passes.allocation import Plan as Allocation
+from irprune.passes.analysis.channels import ChannelAnalysis
+from irprune.passes.analysis.channels import analyze as analyze_channels
+from irprune.passes.rewrite.remove_blocks import bypass_blocks
 from irprune.pipeline.build import Build, Pruned, Stream, meet_latency, runnable, stage_dir
 from irprune.pipeline.report import build_report, poor_fidelity
 from irprune.pipeline.rewrite import CsgdOptions
 from irprune.pipeline.timer import Timer
+from irprune.stages.depth import from_original, group_map, patch_report
 from irprune.stages.model import Calibration, LoadedModel, Reference
 from irprune.stages.options import ApplyOptions, Csgd
 from irprune.stages.result import Result
@@ -53,22 +58,28 @@ def apply_plan(plan: Plan, options: ApplyOptions, calib: Any) -> Result:
     stream = Stream(
         model.source.external, options.stream_threshold, stage_dir(options.stage_dir, model.given)
     )
+    graph, channels, first, bypassed = _working_graph(plan)
     build = Build(
-        model.source, model.original_bytes, model.take_graph(), analysis.channels, rewrite,
+        model.source, model.original_bytes, graph, channels, rewrite,
         calibration.arrays(), options.seed, timer, reference.feeds, csgd,
         # a parameter budget leaves no room for biases the repair would add
         new_params=target is None or target.metric != "params",
         stream=stream, second=reference.second, tolerated=reference.tolerated,
+        blocks=plan.removal.found if plan.removal is not None else (), bypassed=bypassed,
     )  # fmt: skip
-    pruned, outputs = build.run(plan.allocation)
+    pruned, outputs = build.run(first)
     (allocation, pruned, outputs), latency = _latency(
-        plan, build, (plan.allocation, pruned, outputs), options, reference
+        plan, build, (first, pruned, outputs), options, reference
     )
+    if plan.removal is not None:
+        allocation = plan.allocation  # the report and plan file count the original's groups
     settings = report_settings(plan, rewrite, options.seed)
     report = build_report(
         analysis.channels, analysis.cost, allocation, target, settings, timer, model.shapes,
         reference.second,
     )  # fmt: skip
+    if plan.removal is not None:
+        patch_report(report, plan.removal, allocation)
     report["fingerprint"] = analysis.fingerprint
     report["fidelity"] = rep.fidelity(reference.outputs, outputs)
     report["fidelity_inputs"] = calibration.kind
@@ -96,8 +107,24 @@ def preview(plan: Plan, options: ApplyOptions, calib: Any) -> Result:
         analysis.channels, analysis.cost, plan.allocation, plan.target, settings, timer,
         model.shapes, None,
     )  # fmt: skip
+    if plan.removal is not None:
+        patch_report(report, plan.removal, plan.allocation)
     report["fingerprint"] = analysis.fingerprint
     return Result(model.source.model, report, analysis.channels, plan.allocation)
+
+
+def _working_graph(plan: Plan) -> tuple[Graph, ChannelAnalysis, Allocation, tuple[Any, ...]]:
+    """The graph the rewrite mutates, its channel groups and the plan in their ids: the
+    analysed graph, or for a plan that removes blocks that graph with the blocks bypassed
+    first (``remove_blocks.bypass_blocks``; deleted after the repair, ``Build.run``)."""
+    analysis = plan.analysis
+    graph = analysis.loaded.take_graph()
+    if plan.removal is None:
+        return graph, analysis.channels, plan.allocation, ()
+    bypassed = bypass_blocks(graph, plan.removal.found)
+    channels = analyze_channels(graph)
+    mapping = group_map(channels, analysis.channels)
+    return graph, channels, from_original(plan.allocation, mapping, len(channels.groups)), bypassed
 
 
 def timings(plan: Plan, calibration: Calibration, reference: Reference | None) -> dict[str, float]:

@@ -20,6 +20,7 @@ from irprune.pipeline.rewrite import CALIBRATED_REWRITES, REWRITES
 DEFAULT_ROUND_TO = 16  # measured: benchmarks/spine.py, see docs/benchmarks.md
 DEFAULT_MAX_PRUNE = 0.9
 TRACERS = ("auto", "fx", "export")
+DEPTH_MODES = ("off", "auto", "only")  # stages.depth
 TARGET_NAMES = {"flops": "macs", "macs": "macs", "params": "params", "latency": "latency"}
 
 Arrays = Mapping[str, np.ndarray]
@@ -57,7 +58,9 @@ class ScoreOptions:
 class PlanOptions:
     """How the widths are allocated: the strategy, rounding (``strict_rounding``: no finer
     rounding of narrow groups), the per-group cap on the fraction removed, the groups left
-    alone (group ids or node names), the seed and the threads latency is timed with."""
+    alone (group ids or node names), the seed and the threads latency is timed with; and
+    depth pruning (``depth``: ``off``, ``auto`` for blocks and widths together, ``only`` for
+    blocks alone; at most ``max_blocks`` blocks removed, None: no cap; ``stages.depth``)."""
 
     strategy: str = "global"
     round_to: int = DEFAULT_ROUND_TO
@@ -66,11 +69,16 @@ class PlanOptions:
     ignore: tuple[str | int, ...] = ()
     seed: int = 0
     latency_threads: int = 1
+    depth: str = "off"
+    max_blocks: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("depth", self.depth, DEPTH_MODES)
         if self.round_to < 1 or not 0 < self.max_prune <= 1:
             raise UsageError("round_to must be >= 1 and max_prune in (0, 1]")
+        if self.max_blocks is not None and self.max_blocks < 0:
+            raise UsageError(f"max_blocks must be >= 0, got {self.max_blocks}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
 
 

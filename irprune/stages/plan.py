@@ -19,6 +19,15 @@ from irprune.passes.allocation import Target, with_widths
 from irprune.passes.importance import Scores as ChannelScores
 from irprune.pipeline.plan import Planned, make_plan
 from irprune.pipeline.timer import Timer
+from irprune.stages.depth import (
+    Removal,
+    RemovedBlock,
+    document_blocks,
+    plan_depth,
+    ratio_of,
+    replayed,
+    report_blocks,
+)
 from irprune.stages.model import Calibration
 from irprune.stages.options import ApplyOptions, Csgd, PlanOptions
 from irprune.stages.result import Result
@@ -47,20 +56,27 @@ class Plan:
     allocation: Allocation = field(repr=False)  # the plan as the rewrite passes read it
     planned: Planned | None = field(default=None, repr=False)  # for the latency target's loop
     timings: Mapping[str, float] = field(default_factory=dict, repr=False)
+    removal: Removal | None = field(default=None, repr=False)  # the blocks removed (depth)
+
+    @property
+    def blocks(self) -> tuple[RemovedBlock, ...]:
+        """The residual blocks this plan removes (``stages.depth``; empty: width only)."""
+        return () if self.removal is None else self.removal.blocks
 
     @classmethod
     def of(
         cls, analysis: Analysis, allocation: Allocation, target: Target | None,
         settings: Mapping[str, Any], planned: Planned | None = None,
-        timings: Mapping[str, float] | None = None,
+        timings: Mapping[str, float] | None = None, removal: Removal | None = None,
     ) -> Plan:  # fmt: skip
-        """The public view of ``allocation`` (made on ``analysis``)."""
+        """The public view of ``allocation`` (made on ``analysis``; with ``removal``, the
+        widths of the groups that survive its blocks, in the analysis's group ids)."""
         widths = {g.id: int(allocation.widths[g.id]) for g in analysis.channels.groups}
         kept = {int(k): tuple(int(i) for i in v) for k, v in allocation.kept.items()}
         return cls(
             analysis, MappingProxyType(widths), MappingProxyType(kept), float(allocation.ratio),
             target, MappingProxyType(dict(settings)), allocation, planned,
-            MappingProxyType(dict(timings or {})),
+            MappingProxyType(dict(timings or {})), removal,
         )  # fmt: skip
 
     # --- made by hand, or read from a plan file ------------------------------------------------
@@ -99,15 +115,24 @@ class Plan:
         measured again (hand edits change it)."""
         data = plans.load(document) if isinstance(document, str | Path) else document
         allocation = plans.from_dict(data, analysis.channels, fingerprint=analysis.fingerprint)
+        recorded = plans.blocks_of(data)
+        removal = (
+            replayed(analysis, [b["output"] for b in recorded], recorded) if recorded else None
+        )
         target = target or document_target(data)
         metric = target.metric if target is not None else "macs"
         if metric in ("macs", "params"):
-            allocation = replace(allocation, ratio=_ratio(analysis, allocation, metric))
+            ratio = (
+                _ratio(analysis, allocation, metric)
+                if removal is None
+                else ratio_of(removal, analysis, allocation, metric)
+            )
+            allocation = replace(allocation, ratio=ratio)
         log.info("applying the given plan (ratio %.4f of %s)", allocation.ratio, metric)
         settings = {
             k: v for k, v in (data.get("settings") or {}).items() if k not in APPLY_SETTINGS
         }
-        return cls.of(analysis, allocation, target, settings)
+        return cls.of(analysis, allocation, target, settings, removal=removal)
 
     def to_document(self, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The plan file's document (:mod:`irprune.plans`); ``settings`` are recorded beside
@@ -119,10 +144,13 @@ class Plan:
             "target": None if target is None else {"metric": target.metric,
                                                    "fraction": target.fraction},
         }  # fmt: skip
-        return plans.to_dict(
+        document = plans.to_dict(
             self.allocation, self.analysis.channels, fingerprint=self.analysis.fingerprint,
             settings=recorded, model_name=self.analysis.model_name,
         )  # fmt: skip
+        if self.removal is not None:
+            document["blocks"] = document_blocks(report_blocks(self.removal))
+        return document
 
     def save(self, path: str | Path) -> Path:
         """Write the plan file (atomically)."""
@@ -160,10 +188,25 @@ APPLY_SETTINGS = ("target", "rewrite", "seed", "tracer")  # recorded by the appl
 def plan(
     analysis: Analysis, target: Target, scores: Scores, options: PlanOptions, calib: Any
 ) -> Plan:
-    """Allocate the widths of ``analysis``'s groups (see ``Analysis.plan``)."""
+    """Allocate the widths of ``analysis``'s groups (see ``Analysis.plan``); with
+    ``options.depth`` on, the blocks to remove too (``stages.depth``)."""
     _check_scores(analysis, scores)
+    calibration = analysis.loaded.calibration(calib, analysis.cost, seed=options.seed, auto=False)
+    if options.depth != "off":
+
+        def width_plan(analysis: Analysis, target: Target, scores: Scores) -> Plan:
+            return _width_plan(analysis, target, scores, options, calibration)
+
+        return plan_depth(analysis, target, scores, options, calibration, width_plan)
+    return _width_plan(analysis, target, scores, options, calibration)
+
+
+def _width_plan(
+    analysis: Analysis, target: Target, scores: Scores, options: PlanOptions,
+    calibration: Calibration,
+) -> Plan:  # fmt: skip
+    """The widths alone (``depth`` off)."""
     model = analysis.loaded
-    calibration = model.calibration(calib, analysis.cost, seed=options.seed, auto=False)
     feeds = _feeds(analysis, calibration, options, target)
     timer = Timer()
     planned = make_plan(

@@ -52,13 +52,18 @@ class Result:
         if self.plan is None:
             raise UsageError("this result holds no plan")
         settings = {**self.report.get("settings", {}), "target": self.report.get("target")}
-        return plans.to_dict(
+        document = plans.to_dict(
             self.plan,
             self.analysis,
             fingerprint=self.report["fingerprint"],
             settings=settings,
             model_name=self.source.name if self.source is not None else "model",
         )
+        if self.report.get("blocks_removed"):
+            from irprune.stages.depth import document_blocks
+
+            document["blocks"] = document_blocks(self.report["blocks_removed"])
+        return document
 
     def to_torch(self) -> Any:
         """The model as a trainable ``irprune.backends.torch.GraphModule`` (torch extra);

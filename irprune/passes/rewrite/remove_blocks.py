@@ -15,6 +15,14 @@ Add: same ``x``, branch, f and shortcut), and the set is checked: a block nested
 Then the blocks are removed in graph order. Adjacent blocks compose: when block 2's ``x`` is
 block 1's ``y``, block 2 reads block 1's ``x`` once block 1 is gone (the rewiring goes through
 the nodes themselves, not through names). Finally ``graph.verify()``.
+
+In two steps (``bypass_blocks`` then ``finish_removal``, what the apply stage does so the
+calibrated repair runs after the removal): the first rewires every node reading ``y`` to ``x``
+and leaves ``f`` and the Add in place, unread (a ``y`` that is a graph output stays the Add's
+until the second step), so the graph keeps the original's nodes in the original's order (the
+repair pairs pruned and original nodes by position) while computing the model without the
+blocks; the second deletes them as ``remove_blocks`` does. Between the two, a width rewrite
+may slice the unread nodes like any other.
 """
 
 from __future__ import annotations
@@ -75,6 +83,35 @@ def remove_blocks(graph: Graph, blocks: Iterable[Block]) -> RemovalSummary:
         summary.constants_removed,
     )
     return summary
+
+
+def bypass_blocks(graph: Graph, blocks: Iterable[Block]) -> tuple[_Planned, ...]:
+    """Rewire every node reading a block's ``y`` to its ``x`` (checked first, as
+    ``remove_blocks``); ``f`` and the Add stay, unread. ``finish_removal`` deletes them."""
+    planned, _ = _plan(graph, list(blocks))
+    for p in planned:
+        y, x = p.add.outputs[0], _current_input(p)
+        if any(slot < 0 for _, slot in y.uses):
+            raise BlockRemovalError(f"block {p.block.add!r}: {y.name!r} is read by a subgraph")
+        for node, slot in list(y.uses):
+            graph.set_input(node, slot, x)
+    return tuple(planned)
+
+
+def finish_removal(graph: Graph, planned: Iterable[_Planned]) -> RemovalSummary:
+    """Delete the bypassed blocks (``bypass_blocks``), then the constants nobody reads."""
+    planned = list(planned)
+    before = len(graph.nodes)
+    identities = [name for p in planned if (name := _remove(graph, p))]
+    constants = graph.remove_unused_constants()
+    graph.verify()
+    return RemovalSummary(
+        removed=tuple(p.block.output for p in planned),
+        subsumed=(),
+        nodes_removed=before - len(graph.nodes),
+        constants_removed=constants,
+        identities=tuple(identities),
+    )
 
 
 def _plan(graph: Graph, blocks: list[Block]) -> tuple[list[_Planned], list[str]]:
