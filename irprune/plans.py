@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,6 +48,9 @@ from irprune.errors import UsageError
 from irprune.ir import Graph, Node
 from irprune.passes.allocation import Plan, unit_channels
 from irprune.passes.analysis.channels import ChannelAnalysis, ChannelGroup
+from irprune.passes.rounding import group_step
+
+log = logging.getLogger(__name__)
 
 FORMAT = "irprune-plan"
 VERSION = 1
@@ -168,13 +172,37 @@ def from_dict(data: Mapping[str, Any], analysis: ChannelAnalysis, *, fingerprint
         widths[group.id] = width
         if width < group.size:
             kept[group.id] = np.asarray(indices, dtype=np.int64)
-    return Plan(
+    plan = Plan(
         widths=widths,
         kept=MappingProxyType(kept),
         ratio=_number(data.get("ratio"), "ratio"),
         round_to=_count(data.get("round_to", 1), "round_to", low=1),
         narrow=_flag(data.get("narrow", False), "narrow"),
     )
+    for note in rounding_notes(plan, analysis):
+        log.warning("%s", note)
+    return plan
+
+
+def rounding_notes(plan: Plan, analysis: ChannelAnalysis) -> list[str]:
+    """One line per shrunk group whose width is off the plan's rounding (a hand edit): the width
+    is applied as given, and said, since kernels that work in blocks of channels may run it
+    slower. The step is the planner's (``passes.rounding``): ``round_to`` channels, or the
+    narrow group's finer step, in units of the group's channel blocks."""
+    notes = []
+    for group in analysis.groups:
+        width = int(plan.widths[group.id])
+        if width >= group.size:
+            continue
+        unit = unit_channels(analysis, group.id)
+        channels = group_step(group.size * unit, plan.round_to) if plan.narrow else plan.round_to
+        step = channels // math.gcd(channels, unit)
+        if width % step:
+            notes.append(
+                f"group {group.id}: width {width} is not a multiple of {step} (round-to "
+                f"{plan.round_to}{' for narrow groups' if plan.narrow else ''}); applied as given"
+            )
+    return notes
 
 
 def blocks_of(data: Mapping[str, Any]) -> list[dict[str, Any]]:

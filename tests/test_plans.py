@@ -342,3 +342,19 @@ def test_depth_document_matches_schema(tmp_path: Path) -> None:
     twice = {**doc, "blocks": [doc["blocks"][0], doc["blocks"][0]]}
     with pytest.raises(PlanError, match="twice"):
         plans.blocks_of(twice)
+
+
+def test_a_width_off_the_rounding_is_applied_and_said(setup, caplog) -> None:
+    """round-to 2 in the document: width 4 of the plain group is on it and passes quietly; a
+    hand edit to 5 is applied as given, with a warning naming the group and the step."""
+    _, analysis, fp, doc = setup
+    plain, _, _ = group_ids(analysis)
+    entry(doc, plain).update(width=4, kept=[0, 1, 2, 5])
+    plan = plans.from_dict(doc, analysis, fingerprint=fp)
+    assert plans.rounding_notes(plan, analysis) == [] and "not a multiple" not in caplog.text
+    entry(doc, plain).update(width=5, kept=[0, 1, 2, 4, 5])
+    plan = plans.from_dict(doc, analysis, fingerprint=fp)
+    assert plan.widths[plain] == 5
+    (note,) = plans.rounding_notes(plan, analysis)
+    assert note.startswith(f"group {plain}: width 5 is not a multiple of 2")
+    assert note in caplog.text
