@@ -227,6 +227,8 @@ def _run_prune(args: argparse.Namespace, compute: Compute | None = None) -> int:
         ", ".join(f"{k} {v:.3f}s" for k, v in result.report.get("timings_s", {}).items()),
     )
     result.report["input"] = str(args.model)
+    if _other_rank():  # under torchrun (--csgd-epochs trains on every rank): rank 0 writes
+        return 0
     if not args.dry_run:
         result.save(output)
         result.report["output"] = str(output)
@@ -248,6 +250,11 @@ def _run_prune(args: argparse.Namespace, compute: Compute | None = None) -> int:
         if written:
             print(f"report: {', '.join(written)}")
     return 0
+
+
+def _other_rank() -> bool:
+    """A process of a torchrun job other than rank 0 (``RANK`` set by torchrun)."""
+    return int(os.environ.get("RANK", "0")) != 0
 
 
 def _output(args: argparse.Namespace) -> Path:
@@ -528,7 +535,7 @@ def _run_finetune(argv: Sequence[str]) -> int:
         raise UsageError(f"{output}: the folder {output.parent} does not exist")
     with progress.enabled(sys.stderr, quiet=args.quiet):
         result = _finetune(args)
-    if int(os.environ.get("RANK", "0")):  # under torchrun, rank 0 writes and reports
+    if _other_rank():  # under torchrun, rank 0 writes and reports
         return 0
     result.save(output)
     if not args.quiet:

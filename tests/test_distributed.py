@@ -119,3 +119,20 @@ def test_csgd_on_two_processes_trains_as_one(tmp_path: Path) -> None:
         assert len(moved) > 3
         for name in moved:
             np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_the_prune_command_under_torchrun_writes_from_rank_zero(tmp_path: Path) -> None:
+    """``torchrun ... -m irprune MODEL --rewrite merge --csgd-epochs 1``: C-SGD trains on both
+    ranks, one process writes the model and prints the report."""
+    from irprune.demo import build_demo_model
+
+    onnx.save(build_demo_model(seed=0), str(tmp_path / "demo.onnx"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", input=rng.standard_normal((64, 3, 32, 32)).astype(np.float32))
+    run = _torchrun(
+        "demo.onnx", "--target-flops", "0.5", "--rewrite", "merge", "--csgd-epochs", "1",
+        "--data", "train.npz", "--no-latency", "-o", "out.onnx", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("wrote") == 1
+    onnx.checker.check_model(onnx.load(str(tmp_path / "out.onnx")), full_check=True)
