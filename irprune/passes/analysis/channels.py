@@ -8,7 +8,8 @@ axes through three primitives of ``Context``:
 - ``tie``: an input axis must carry a given layout. Two layouts that split the axis the same way
   join their roots (union-find); a constant with no layout yet takes it (it will be sliced); a
   non-constant without one (graph input, unknown op's output) has fixed channels, so the roots are
-  frozen.
+  frozen, except the Expand of a constant (a class token), whose constant takes the layout
+  (``rules.derived``).
 
 A group is a union-find class of roots. Fail closed: after all rules ran, every use of every axis
 that carries a layout must have been tied by the consumer's rule; any other use (an op without a
@@ -26,7 +27,7 @@ from types import MappingProxyType
 from irprune.ir import Graph, Node, Value
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.layout import Layout, Segment
-from irprune.passes.analysis.rules import RULES
+from irprune.passes.analysis.rules import RULES, derived
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ class Context:
                 self.freeze(layout, f"constant {value.name!r} does not match its channels")
             else:
                 self._store(id(value), axis, fresh)
-        else:
+        elif not derived.carry(self, node, index, axis, layout):
             why = "a graph input" if id(value) in self.input_ids else "fixed channels"
             self.freeze(layout, f"{self.label(node)}: coupled with {value.name!r} ({why})")
 

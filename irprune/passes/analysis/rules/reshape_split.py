@@ -16,7 +16,10 @@ by I:
   split into (g, n) gives axis n Segment(r, n); a concat [Segment(a, n), Segment(b, n)] split
   into (2, n) (ShuffleNet v2's channel shuffle) gives axis n Segment(a, n) with a and b joined.
 
-The first axis j (in order) that fits without changing any group is taken. Next, an axis with
+The first axis j (in order) that fits without changing any group is taken, unless the output
+axis is *taken apart* further on (through Transposes, a Split into pieces of size 1, as torch's
+``unbind`` exports, or a Gather of one index): such an axis can never carry channels (the op
+taking it apart removes it), so it is skipped. Next, an axis with
 O > 1 whose chunks differ only in block sizes is made to fit by coarsening the finer groups to
 the coarser blocks (after a first shuffle, ShuffleNet v2's pass-through half has blocks of 2
 and its branch's fresh channels are paired to match; blocks double with every unit). Last, the
@@ -25,6 +28,14 @@ first axis of size > 1 is used with the groups coarsened into blocks of I positi
 Segment(r', H, inner=D)), a channel shuffle's (g, C / g) keeps or drops whole sub-blocks. When
 that cannot be done either (a block straddles two segments, sizes do not divide), the node is
 refused. A run that splits and merges at once ([a, b] -> [c, d] with no 1:1 factor) is refused.
+
+Fused q/k/v (``qkv.reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)``): the 3 axis is
+taken apart, so it is skipped, and (only when an axis before it was skipped) the axis H with
+O = 3 is used: the input's groups are first cut at the chunk boundaries (``Context.cut`` at
+multiples of H * hd: the q, k and v rows), each chunk coarsened into blocks of hd (``_unify``),
+and the chunks joined. So head h of q, of k and of v (positions c * H * hd + h * hd + i, c < 3,
+i < hd) form channel h of one group: removing head h removes it from all three, and the
+contractions q @ k^T and attn @ v then sum over the kept heads only (head_dim stays whole).
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from dataclasses import replace
 from math import lcm, prod
 from typing import TYPE_CHECKING
 
-from irprune.ir import Node
+from irprune.ir import Node, Value
 from irprune.passes.analysis import layout as lay
 from irprune.passes.analysis.layout import Layout, Segment
 from irprune.passes.analysis.rules import blocks
@@ -68,10 +79,13 @@ def _aligned(layout: Layout, unit: int) -> bool:
         return False
 
 
-def _exact(layout: Layout, dims: list[int]) -> tuple[int, list[Layout]] | None:
-    """The first output axis that carries the channels as they are, with its chunks' layouts."""
+def _exact(
+    layout: Layout, dims: list[int], skip: frozenset[int] = frozenset()
+) -> tuple[int, list[Layout]] | None:
+    """The first output axis (not in ``skip``) that carries the channels as they are, with its
+    chunks' layouts."""
     for j, d in enumerate(dims):
-        if d == 1:
+        if d == 1 or j in skip:
             continue
         inner = prod(dims[j + 1 :])
         parts = chunks(layout, prod(dims[:j]))
@@ -108,25 +122,82 @@ def _unify(ctx: Context, parts: list[Layout], unit: int) -> bool:
 
 
 def _unified(
-    ctx: Context, node: Node, axis: int, dims: list[int]
+    ctx: Context, node: Node, axis: int, dims: list[int], skip: frozenset[int]
 ) -> tuple[int, list[Layout]] | None:
     """The first output axis with several chunks that can be made to match by coarsening."""
     x = node.required(0)
     for j, d in enumerate(dims):
         layout = ctx.get(x, axis)
-        parts = chunks(layout, prod(dims[:j])) if layout is not None and d > 1 else None
+        ok = layout is not None and d > 1 and j not in skip
+        parts = chunks(layout, prod(dims[:j])) if ok and layout is not None else None
         if parts is not None and len(parts) > 1 and _unify(ctx, parts, prod(dims[j + 1 :])):
             current = ctx.get(x, axis)
-            return _exact(current, dims) if current is not None else None
+            return _exact(current, dims, skip) if current is not None else None
     return None
 
 
-def _coarsened(ctx: Context, node: Node, axis: int, dims: list[int]) -> tuple[int, list[Layout]]:
-    """The first output axis of size > 1, the groups coarsened into blocks of the axes after it."""
-    j = next((k for k, d in enumerate(dims) if d > 1), 0)
+def _cut_unified(
+    ctx: Context, node: Node, axis: int, dims: list[int], skip: frozenset[int]
+) -> tuple[int, list[Layout]] | None:
+    """Only when an axis before it is taken apart (fused q/k/v): the first output axis with
+    several chunks, the groups cut at the chunk boundaries, then coarsened to match."""
+    x = node.required(0)
+    for j, d in enumerate(dims):
+        count = prod(dims[:j])
+        if not skip or d == 1 or j in skip or count == 1 or not any(k < j for k in skip):
+            continue
+        layout = ctx.get(x, axis)
+        size = lay.span(layout) // count if layout is not None else 0
+        cut = ctx.cut(x, axis, [k * size for k in range(1, count)]) if size else None
+        parts = chunks(cut, count) if cut is not None else None
+        if parts is not None and _unify(ctx, parts, prod(dims[j + 1 :])):
+            current = ctx.get(x, axis)
+            return _exact(current, dims, skip) if current is not None else None
+        return None
+    return None
+
+
+def _coarsened(
+    ctx: Context, node: Node, axis: int, dims: list[int], skip: frozenset[int]
+) -> tuple[int, list[Layout]]:
+    """The first output axis of size > 1 (not in ``skip``), the groups coarsened into blocks of
+    the axes after it."""
+    j = next((k for k, d in enumerate(dims) if d > 1 and k not in skip), 0)
+    if prod(dims[:j]) > 1:  # the axes before it are not whole blocks of one channel
+        return j, []
     inner = prod(dims[j + 1 :])
     aligned = blocks.align(ctx, node.required(0), axis, inner)
     return j, ([blocks.rescale(aligned, inner, 1)] if aligned is not None else [])
+
+
+_MAX_LOOKAHEAD = 8
+
+
+def taken_apart(value: Value, axis: int, depth: int = 0) -> bool:
+    """True when ``value``'s ``axis`` is, through Transposes / Identities, split into pieces of
+    size 1 (``unbind``) or indexed by one scalar (``x[:, 0]``): an axis that cannot carry
+    channels."""
+    if value.rank is None or depth > _MAX_LOOKAHEAD:
+        return False
+    axis %= max(value.rank, 1)
+    for user, i in value.uses:
+        if i != 0:
+            continue
+        if user.key in (("", "Transpose"), ("", "Identity")):
+            perm = user.attr("perm") if user.op_type == "Transpose" else None
+            perm = list(perm) if perm is not None else list(range(value.rank))
+            if user.op_type == "Transpose" and user.attr("perm") is None:
+                perm.reverse()
+            if taken_apart(user.outputs[0], perm.index(axis), depth + 1):
+                return True
+        elif user.key == ("", "Split") and user.attr("axis", 0) % value.rank == axis:
+            if all(o.static_dim(axis) == 1 for o in user.outputs):
+                return True
+        elif user.key == ("", "Gather") and user.attr("axis", 0) % value.rank == axis:
+            indices = user.required(1).const
+            if indices is not None and indices.ndim == 0:
+                return True
+    return False
 
 
 def split_axis(ctx: Context, node: Node, src: range, dst: range) -> bool:
@@ -139,10 +210,12 @@ def split_axis(ctx: Context, node: Node, src: range, dst: range) -> bool:
     if len(src) != 1 or layout is None or len(known) != len(dims):
         ctx.refuse(node, "splits and merges channel axes at once (or sizes are unknown)")
         return False
+    skip = frozenset(j for j, d in enumerate(known) if d > 1 and taken_apart(y, dst.start + j))
     j, parts = (
-        _exact(layout, known)
-        or _unified(ctx, node, src.start, known)
-        or _coarsened(ctx, node, src.start, known)
+        _exact(layout, known, skip)
+        or _unified(ctx, node, src.start, known, skip)
+        or _cut_unified(ctx, node, src.start, known, skip)
+        or _coarsened(ctx, node, src.start, known, skip)
     )
     current = ctx.get(x, src.start)
     if not parts or current is None:
