@@ -255,3 +255,17 @@ def test_instance_norm_of_a_single_spatial_element(training: bool) -> None:
     (got,) = outputs_numpy(module, {"x": X})
     (expected,) = run(model, {"x": X})
     assert rel_diff(expected, got) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(6, 1, 1), (4,), (1, 1, 4), (1,), (6, 5, 4), (5, 1)],
+    ids=["per-channel-nchw", "last-axis", "last-axis-3d", "one-value", "full", "other-axis"],
+)
+def test_prelu_matches_onnxruntime_for_every_slope_layout(shape: tuple[int, ...]) -> None:
+    """PRelu's slope broadcasts from x's trailing dims: one value per channel of axis 1, of the
+    last axis, a single value, a full-size slope, one value per row of axis 2."""
+    slope = np.random.default_rng(1).uniform(0.05, 0.5, size=shape).astype(np.float32)
+    model = _model(N("PRelu", ["x", "s"], ["y"]), 16, {"s": slope})
+    got = outputs_numpy(from_onnx(model), {"x": X})[0]
+    assert rel_diff(got, run(model, {"x": X})[0]) < 1e-6
