@@ -407,6 +407,10 @@ def data_free_calibration(
     over = seconds > AUTO_MAX_CPU_SECONDS
     graph = None if over or _torch_missing() else copy()
     why = _no_synthesis_reason(graph, seconds)
+    if graph is not None and why is None:  # the formula's guess, checked on one real step
+        seconds = measured_seconds(graph, options)
+        if seconds > AUTO_MAX_CPU_SECONDS:
+            over, why = True, _over_budget(seconds, "measured on one step")
     if graph is None or why is not None:
         anyway = " (or --calib synthetic to synthesise anyway)" if over else ""
         log.warning(
@@ -426,6 +430,41 @@ def data_free_calibration(
     return made
 
 
+def _over_budget(seconds: float, how: str) -> str:
+    return (
+        f"synthesising inputs would take about {seconds / 60:.0f} CPU minutes ({how}; the "
+        f"default does it up to {AUTO_MAX_CPU_SECONDS / 60:.0f})"
+    )
+
+
+def measured_seconds(graph: Graph, options: SyntheticOptions) -> float:
+    """CPU seconds of synthesising with ``options``, from one timed step: the forward and
+    backward pass of one batch of random inputs through the torch backend (after one untimed
+    step), per input, times ``samples x (iterations + 1)``. The formula of ``Workload`` is
+    fitted on small images: MTCNN's P-Net at 192x144 (narrow convs, large maps) it puts at
+    141 s; synthesising took 560 s, and one step here says about 630 s."""
+    import torch
+
+    from irprune.backends.torch import GraphModule
+
+    shapes = input_shapes(graph)
+    module = GraphModule(graph).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    n = max(1, min(options.batch, options.samples))
+
+    def step() -> None:
+        x = {k: torch.randn((n, *shape), requires_grad=True) for k, shape in shapes.items()}
+        outs = [o for o in module.run(x) if o.is_floating_point()]
+        sum((o.float().square().mean() for o in outs), torch.zeros(())).backward()
+
+    step()
+    start = time.process_time()
+    step()
+    per_input = (time.process_time() - start) / n
+    return options.samples * (options.iterations + 1) * per_input
+
+
 def _torch_missing() -> bool:
     try:
         import torch  # noqa: F401
@@ -437,10 +476,7 @@ def _torch_missing() -> bool:
 def _no_synthesis_reason(graph: Graph | None, seconds: float) -> str | None:
     """Why the default cannot synthesise (``graph`` None: not imported), or None when it can."""
     if seconds > AUTO_MAX_CPU_SECONDS:
-        return (
-            f"synthesising inputs would take about {seconds / 60:.0f} CPU minutes (the default "
-            f"does it up to {AUTO_MAX_CPU_SECONDS / 60:.0f})"
-        )
+        return _over_budget(seconds, "estimated")
     if graph is None:
         return "synthesising inputs needs the torch extra (pip install 'irprune[torch]')"
     try:

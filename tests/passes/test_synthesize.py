@@ -333,6 +333,27 @@ def test_default_data_free_setting_synthesises(
     assert result.report["synthetic"]["samples"] == 8 and result.report["synthetic"]["auto"]
 
 
+@pytest.mark.auto_synthesis
+def test_the_default_checks_the_estimate_on_one_real_step(
+    small_auto: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model the formula puts within the budget is timed on one step before synthesising:
+    over the budget (here a budget no step meets), the default keeps `compensate` and says the
+    time was measured; within it, the report carries the measured figure, not the formula's."""
+    monkeypatch.setattr(syn, "SECONDS_PER_MAC", 0.0)  # the formula's guess: nothing
+    monkeypatch.setattr(syn, "SECONDS_PER_ELEMENT", 0.0)
+    model, free = _tiny(), syn.Workload(1e4, 1e3)
+    assert free.seconds(SyntheticOptions(8, 3, 8)) == 0
+    measured = syn.measured_seconds(import_for_synthesis(model), SyntheticOptions(8, 3, 8))
+    assert measured > 0
+    monkeypatch.setattr(syn, "AUTO_MAX_CPU_SECONDS", measured / 1e4)
+    assert syn.data_free_calibration(lambda: import_for_synthesis(model), free) is None
+    assert "measured on one step" in caplog.text and "synthesise anyway" in caplog.text
+    monkeypatch.setattr(syn, "AUTO_MAX_CPU_SECONDS", 300.0)
+    made = syn.data_free_calibration(lambda: import_for_synthesis(model), free)
+    assert made is not None and made.report["estimated_cpu_seconds"] > 0
+
+
 def _workload(model: onnx.ModelProto) -> syn.Workload:
     from irprune.frontends.onnx import import_model
     from irprune.passes.analysis.channels import analyze
