@@ -6,6 +6,7 @@ Tests that need torch are skipped when it is not installed.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -97,6 +98,17 @@ def _automatic_synthesis_when_marked(
         from irprune.passes import synthesize
 
         monkeypatch.setattr(synthesize, "AUTO_SYNTHESIS", True)
+
+
+@pytest.fixture(autouse=True)
+def _irprune_logger_restored() -> Iterator[None]:
+    """``cli.main`` sets the ``irprune`` logger's level (``-q``: errors only) and adds its
+    handler; a later test's ``caplog`` would then see no warnings. Restored after each test."""
+    logger = logging.getLogger("irprune")
+    level, handlers = logger.level, list(logger.handlers)
+    yield
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
 
 
 # Under CI (IRPRUNE_CI=1, set by .ci/run) a test skipped because a Python package is missing is

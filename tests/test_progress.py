@@ -20,7 +20,7 @@ from irprune.passes.analysis.channels import analyze
 from irprune.passes.calibration import iterate_exposed
 from irprune.passes.importance import score
 from irprune.passes.sensitivity import measure
-from irprune.report import latency
+from irprune.report import MIN_TIMED_RUNS, latency
 from tests.helpers import feeds_for
 
 
@@ -134,6 +134,27 @@ def test_latency_reports_every_run(demo: onnx.ModelProto) -> None:
     events, callback = _recorder()
     latency(demo, demo, feeds_for(demo, batch=1), runs=4, warmup=1, callback=callback)
     assert events == [("latency", k, 5) for k in range(6)]
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_latency_budget_stops_after_the_minimum_runs(
+    demo: onnx.ModelProto, interleave: bool
+) -> None:
+    """A budget already spent stops timing after MIN_TIMED_RUNS runs; the report counts the
+    runs made, and the display still ends full."""
+    events, callback = _recorder()
+    out = latency(
+        demo, demo, feeds_for(demo, batch=1), runs=50, warmup=1, callback=callback,
+        interleave=interleave, budget_s=1e-9,
+    )  # fmt: skip
+    assert out["runs"] == MIN_TIMED_RUNS
+    assert events[-1] == ("latency", events[-1][2], events[-1][2])
+    assert events[0][1] == 0
+
+
+def test_latency_budget_never_cuts_the_runs_asked_for_below_it(demo: onnx.ModelProto) -> None:
+    out = latency(demo, demo, feeds_for(demo, batch=1), runs=3, warmup=0, budget_s=1e-9)
+    assert out["runs"] == 3
 
 
 # --- the CLI ----------------------------------------------------------------------------------

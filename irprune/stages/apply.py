@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,9 +68,10 @@ def apply_plan(plan: Plan, options: ApplyOptions, calib: Any) -> Result:
         stream=stream, second=reference.second, tolerated=reference.tolerated,
         blocks=plan.removal.found if plan.removal is not None else (), bypassed=bypassed,
     )  # fmt: skip
+    prepared = _prepare_latency(plan, options)  # made while the rewrite runs
     pruned, outputs = build.run(first)
     (allocation, pruned, outputs), latency = _latency(
-        plan, build, (first, pruned, outputs), options, reference
+        plan, build, (first, pruned, outputs), options, reference, prepared
     )
     if plan.removal is not None:
         allocation = plan.allocation  # the report and plan file count the original's groups
@@ -164,9 +166,31 @@ def _csgd(model: LoadedModel, csgd: Csgd | None) -> CsgdOptions | None:
     )
 
 
+def _one_measurement(plan: Plan, options: ApplyOptions) -> bool:
+    """The report's one latency measurement is made (no latency target's loop)."""
+    target = plan.target
+    if target is not None and target.metric == "latency":
+        return plan.planned is None
+    return options.measure_latency
+
+
+def _large(plan: Plan, options: ApplyOptions) -> bool:
+    """Too large to hold two sessions: the latency measurement times one model at a time."""
+    threshold = options.stream_threshold
+    return plan.analysis.weight_bytes > (STREAM_THRESHOLD if threshold is None else threshold)
+
+
+def _prepare_latency(plan: Plan, options: ApplyOptions) -> Future[Any] | None:
+    """The original's session for the one measurement, made on a background thread."""
+    if not _one_measurement(plan, options) or _large(plan, options):
+        return None
+    return rep.prepare_session(plan.analysis.loaded.original_bytes, options.latency_threads)
+
+
 def _latency(
-    plan: Plan, build: Build, first: Built, options: ApplyOptions, reference: Reference
-) -> tuple[Built, dict[str, Any] | None]:
+    plan: Plan, build: Build, first: Built, options: ApplyOptions, reference: Reference,
+    prepared: Future[Any] | None,
+) -> tuple[Built, dict[str, Any] | None]:  # fmt: skip
     """A latency target's loop (measure, re-plan, rebuild), else one measurement (unless
     ``measure_latency`` is off); returns the build kept and the latency report."""
     target, planned = plan.target, plan.planned
@@ -177,17 +201,15 @@ def _latency(
             planned.latency_feeds,
         )  # fmt: skip
         return (allocation, pruned, outputs), latency
-    measure = target is not None and target.metric == "latency"
-    if not (options.measure_latency or measure):
+    if not _one_measurement(plan, options):
         return first, None
     t = time.perf_counter()
     model = plan.analysis.loaded
-    threshold = options.stream_threshold
-    large = plan.analysis.weight_bytes > (STREAM_THRESHOLD if threshold is None else threshold)
     feeds = inputs.first_sample(reference.feeds, model.shapes)
     latency = rep.latency(
         model.original_bytes, runnable(first[1]), feeds, threads=options.latency_threads,
-        interleave=not large,
+        interleave=not _large(plan, options), budget_s=rep.REPORT_BUDGET_S,
+        warmup=rep.REPORT_WARMUP, prepared=prepared,
     )  # fmt: skip
     build.timer.lap("latency", t)
     return first, latency

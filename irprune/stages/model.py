@@ -142,7 +142,7 @@ class LoadedModel:
         feeds = inputs.run_feeds(session, calibration.arrays(), seed, self.shapes)
         with captured_warnings() as warned:
             outputs = run_original(session, feeds) if run else None
-            second = second_shape_of(session, self.shapes, seed, feeds) if run else None
+            second = second_shape_of(session, self.shapes, seed, feeds, outputs) if run else None
         del session
         tolerated = original_warnings(warned)
         ref = Reference(feeds, outputs, second, tolerated, time.perf_counter() - t)
