@@ -61,7 +61,7 @@ def latency(
     callback: progress.Callback | None = None,
     interleave: bool = True,
     budget_s: float | None = None,
-    prepared: Future[Any] | None = None,
+    prepared: tuple[Future[Any] | None, Future[Any] | None] = (None, None),
 ) -> dict[str, Any]:
     """Median onnxruntime CPU latency (ms) of both models: all graph optimizations on (what users
     deploy), spinning off, runs interleaved with the order alternating every iteration.
@@ -74,11 +74,11 @@ def latency(
     A small model makes all ``runs`` in a fraction of the budget; ResNet-50 at one thread
     (75 ms a run) stops after 5.
 
-    ``prepared``: the original's session from ``prepare_session`` (same ``threads``), used
-    instead of making one (interleaved runs only)."""
+    ``prepared``: the original's and the pruned model's sessions from ``prepare_session``
+    (same ``threads``) where made, used instead of making them (interleaved runs only)."""
     budget = _Budget(runs, budget_s)
     if interleave:
-        made = prepared.result() if prepared is not None else None
+        made = [None if p is None else p.result() for p in prepared]
         times = _interleaved([original, pruned], feeds, threads, budget, warmup, callback, made)
     else:
         steps = iter(progress.track(range(2 * (warmup + runs)), "latency", callback=callback))
@@ -120,11 +120,11 @@ def _interleaved(
     budget: _Budget,
     warmup: int,
     callback: progress.Callback | None,
-    made: Any = None,
+    made: list[Any],
 ) -> list[list[float]]:
     sessions = [
-        made if k == 0 and made is not None else session(m, threads=threads, optimize=True)
-        for k, m in enumerate(models)
+        s if s is not None else session(m, threads=threads, optimize=True)
+        for m, s in zip(models, made, strict=True)
     ]
     times: list[list[float]] = [[], []]
     total = warmup + budget.runs

@@ -20,7 +20,7 @@ from irprune.passes.analysis.channels import analyze
 from irprune.passes.calibration import iterate_exposed
 from irprune.passes.importance import score
 from irprune.passes.sensitivity import measure
-from irprune.report import MIN_TIMED_RUNS, latency
+from irprune.report import MIN_TIMED_RUNS, latency, prepare_session
 from tests.helpers import feeds_for
 
 
@@ -150,6 +150,15 @@ def test_latency_budget_stops_after_the_minimum_runs(
     assert out["runs"] == MIN_TIMED_RUNS
     assert events[-1] == ("latency", events[-1][2], events[-1][2])
     assert events[0][1] == 0
+
+
+def test_latency_uses_the_sessions_prepared_in_the_background(demo: onnx.ModelProto) -> None:
+    """Sessions made ahead by ``prepare_session`` are the ones timed: the models passed beside
+    them are not loaded (empty bytes would fail to load)."""
+    data = demo.SerializeToString()
+    prepared = (prepare_session(data, 1), prepare_session(data, 1))
+    out = latency(b"", b"", feeds_for(demo, batch=1), runs=3, warmup=0, prepared=prepared)
+    assert out["runs"] == 3 and out["before_ms"] > 0 and out["after_ms"] > 0
 
 
 def test_latency_budget_never_cuts_the_runs_asked_for_below_it(demo: onnx.ModelProto) -> None:

@@ -69,6 +69,8 @@ def apply_plan(plan: Plan, options: ApplyOptions, calib: Any) -> Result:
         blocks=plan.removal.found if plan.removal is not None else (), bypassed=bypassed,
     )  # fmt: skip
     prepared = _prepare_latency(plan, options)  # made while the rewrite runs
+    if prepared is not None:
+        build.latency_threads = options.latency_threads  # the pruned's, while it is verified
     pruned, outputs = build.run(first)
     (allocation, pruned, outputs), latency = _latency(
         plan, build, (first, pruned, outputs), options, reference, prepared
@@ -209,7 +211,7 @@ def _latency(
     latency = rep.latency(
         model.original_bytes, runnable(first[1]), feeds, threads=options.latency_threads,
         interleave=not _large(plan, options), budget_s=rep.REPORT_BUDGET_S,
-        warmup=rep.REPORT_WARMUP, prepared=prepared,
+        warmup=rep.REPORT_WARMUP, prepared=(prepared, build.prepared),
     )  # fmt: skip
     build.timer.lap("latency", t)
     return first, latency
