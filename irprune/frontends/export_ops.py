@@ -20,8 +20,8 @@ The math, as the TorchScript ONNX exporter writes it at opset 17:
 - ``gelu`` = x Phi(x): 0.5 x (1 + erf(x / sqrt 2)), or the tanh form.
 - ``roll(x, s, d)`` = Concat(x[n-s:], x[:n-s]) along d; ``masked_fill(x, m, v)`` =
   Where(m, v, x); ``zeros/ones/full(size)`` -> ConstantOfShape; ``arange`` -> Range.
-- ``view/reshape/expand`` take run-time sizes (Shape, Gather, Concat); ``expand``'s -1 keeps a
-  dim (Expand broadcasts a 1).
+- ``view/reshape/expand/repeat`` take run-time sizes (Shape, Gather, Concat); ``expand``'s -1
+  keeps a dim (Expand broadcasts a 1); ``repeat`` / ``tile`` are Tile (Unsqueeze to its rank).
 
 Dropout, contiguous, clone, detach and the export's metadata assertions are the identity (or
 nothing). An op without a lowering is kept opaque (:mod:`fx_opaque`) or fails closed.
@@ -534,7 +534,8 @@ def table() -> AtenTable:
     add("pow", ("Tensor_Scalar", "Tensor_Tensor"), fxo._pow)
     for name, op_type in [("relu", "Relu"), ("relu_", "Relu"), ("sigmoid", "Sigmoid"),
                           ("tanh", "Tanh"), ("exp", "Exp"), ("sqrt", "Sqrt"), ("neg", "Neg"),
-                          ("abs", "Abs"), ("log", "Log"), ("erf", "Erf"),
+                          ("abs", "Abs"), ("log", "Log"), ("erf", "Erf"), ("sin", "Sin"),
+                          ("cos", "Cos"),
                           ("reciprocal", "Reciprocal"), ("hardswish", "HardSwish"),
                           ("hardswish_", "HardSwish")]:  # fmt: skip
         add(name, default, fxo._unary(op_type))
@@ -583,6 +584,8 @@ def table() -> AtenTable:
     add("unsqueeze", default, shp.unsqueeze)
     add("squeeze", ("dim", "dims", "default"), shp.squeeze)
     add("expand", default, _expand)
+    add("repeat", default, shp.repeat)
+    add("tile", default, shp.tile)
     add("cat concat", default, _cat)
     add("stack", default, shp.stack)
     add("slice", tensor, _slice)

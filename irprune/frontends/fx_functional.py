@@ -16,7 +16,7 @@ order, that lowering is reused:
   ``softplus(x, beta)`` = Softplus(beta x) / beta, ``elu`` / ``celu`` / ``selu`` ->
   Elu / Celu / Selu, ``prelu(x, a)`` -> PRelu (a broadcast over the channel dim),
   ``glu(x, d)`` = a sigmoid(b) for the halves of d, ``log_softmax`` -> LogSoftmax,
-  ``erf`` / ``rsqrt`` / ``log`` / ``square``.
+  ``erf`` / ``rsqrt`` / ``log`` / ``square`` / ``sin`` / ``cos``.
 - ``normalize(x, p=2, dim, eps)`` = x / max(||x||_2, eps); ``norm(x, 2, dim)`` -> ReduceL2;
   ``addcmul(x, a, b, value=v)`` = x + v a b; ``zeros/ones/full`` of run-time sizes ->
   ConstantOfShape, ``arange`` -> Range; ``adaptive_max_pool{1,2}d`` ->
@@ -25,7 +25,8 @@ order, that lowering is reused:
   Where; ``a % b`` of run-time sizes -> Mod.
 - tensor methods: ``unbind`` (Split + Squeeze), ``expand`` (Expand; -1 keeps a dim),
   ``reshape_as`` / ``view_as`` (Reshape to the other's Shape), ``clamp_min`` / ``clamp_max``
-  (Clip with one bound), and the in-place spellings of lowered ops (``sigmoid_``, ``div_``...).
+  (Clip with one bound), ``repeat`` / ``tile`` (Tile, run-time counts allowed), and the
+  in-place spellings of lowered ops (``sigmoid_``, ``div_``...).
 
 Module types timm builds with (``nn.Mish``, ``nn.PReLU``, ``nn.ELU``, ...) are here too.
 """
@@ -281,6 +282,7 @@ def functions() -> dict[Any, FunctionLowering]:
         torch.clamp_min: _clamp_bound(0), torch.clamp_max: _clamp_bound(1),
         operator.pow: fxo._pow, operator.mod: _mod, torch.where: _where,
         torch.addcmul: _addcmul, torch.norm: _norm, torch.arange: ato._arange,
+        torch.tile: shp.tile, torch.sin: fxo._unary("Sin"), torch.cos: fxo._unary("Cos"),
         torch.zeros: _factory(0.0), torch.ones: _factory(1.0), torch.full: _factory(None),
     }  # fmt: skip
     table.update({f: ato._conv for f in conv})
@@ -302,7 +304,8 @@ def methods() -> dict[str, FunctionLowering]:
         "div_": fxo._binary("Div"), "sub_": fxo._binary("Sub"), "erf": fxo._unary("Erf"),
         "rsqrt": ato._rsqrt, "log": fxo._unary("Log"), "square": _square,
         "log_softmax": _log_softmax, "masked_fill": ato._masked_fill, "bmm": fxo._matmul,
-        "norm": _norm, "addcmul": _addcmul,
+        "norm": _norm, "addcmul": _addcmul, "repeat": shp.repeat, "tile": shp.tile,
+        "sin": fxo._unary("Sin"), "cos": fxo._unary("Cos"),
     }  # fmt: skip
 
 

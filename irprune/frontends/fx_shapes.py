@@ -1,7 +1,7 @@
 """Lowerings of the torch.fx table that move data rather than compute: shapes (view, flatten,
-size, indexing, cat, split, transpose), resampling and padding, plus the argument helpers every
-lowering shares. Run-time shape arithmetic becomes Shape / Gather / Slice / Concat, as the ONNX
-exporter writes it.
+size, indexing, cat, split, transpose, repeat / tile -> Tile), resampling and padding, plus the
+argument helpers every lowering shares. Run-time shape arithmetic becomes Shape / Gather / Slice /
+Concat, as the ONNX exporter writes it.
 """
 
 from __future__ import annotations
@@ -225,6 +225,36 @@ def stack(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
     return ctx.op("Concat", *parts, axis=axis)
 
 
+def repeat_op(ctx: Lowering, x: Value, sizes: Any) -> Value:
+    """``x.repeat(*sizes)``: x read with ``len(sizes) - rank`` leading 1-dims (Unsqueeze), then
+    Tile by ``sizes`` (python ints and run-time sizes, one Concat: ``repeat(B, 1, 1)``)."""
+    n = sizes.length if isinstance(sizes, SymShape) else len(sizes)
+    rank = ctx.rank(x)
+    if n < rank:
+        raise ctx.fail(f"repeat with {n} sizes for a rank-{rank} tensor (torch refuses it)")
+    if n > rank:
+        x = ctx.op("Unsqueeze", x, ctx.ints(list(range(n - rank))))
+    return ctx.op("Tile", x, shape_tensor(ctx, sizes))
+
+
+def repeat(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
+    """``x.repeat(a, b)`` / ``x.repeat((a, b))`` / ATen ``repeat(x, [a, b])``."""
+    x = as_tensor(ctx, args[0])
+    sizes = shape_items(args[1:]) if len(args) > 1 else arg_at(args, kwargs, 1, "repeats")
+    return repeat_op(ctx, x, sizes)
+
+
+def tile(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
+    """``torch.tile(x, dims)`` / ``x.tile(dims)``: ``repeat`` with 1s prepended to ``dims`` up to
+    x's rank."""
+    x = as_tensor(ctx, args[0])
+    dims = shape_items(args[1:]) if len(args) > 1 else arg_at(args, kwargs, 1, "dims")
+    if isinstance(dims, SymShape):
+        raise ctx.fail("tile by a whole run-time shape has no lowering")
+    items = list(dims)
+    return repeat_op(ctx, x, [1] * (ctx.rank(x) - len(items)) + items)
+
+
 def expand_as(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
     x, other = as_tensor(ctx, args[0]), as_tensor(ctx, arg_at(args, kwargs, 1, "other"))
     return ctx.op("Expand", x, ctx.op("Shape", other))
@@ -268,7 +298,7 @@ def transpose(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
 
 def permute(ctx: Lowering, args: tuple, kwargs: dict) -> Value:
     x = as_tensor(ctx, args[0])
-    dims = shape_items(args[1:]) if len(args) > 1 else kwargs["dims"]
+    dims = shape_items(args[1:]) if len(args) > 1 else arg_at(args, kwargs, 1, "dims")
     return ctx.op("Transpose", x, perm=norm_axes(ctx, x, dims))
 
 

@@ -1,5 +1,6 @@
 """Shared by the fx and torch.export frontend tests: channel groups and kept widths of a model,
-the worst relative difference of two output lists, and a torch module's outputs on numpy feeds.
+the worst relative difference of two output lists, a pruned module checked against the masked
+original and its own ``to_torch()``, and a torch module's outputs on numpy feeds.
 Import only from tests that already skip without torch."""
 
 from __future__ import annotations
@@ -43,6 +44,24 @@ def rel(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
         assert e.shape == g.shape
         worst = max(worst, float(np.max(np.abs(e - g))) / max(float(np.max(np.abs(e))), 1e-12))
     return worst
+
+
+def assert_masked_and_torch_agree(
+    lowered: onnx.ModelProto, result: Any, batch: int, tolerance: float = 1e-4
+) -> None:
+    """The pruned model equals the independently masked original (``tests.reference_mask``) at
+    ``batch``, and ``to_torch()`` equals onnxruntime within ``tolerance``."""
+    from tests.helpers import feeds_for, rel_diff, run
+    from tests.reference_mask import masked_reference
+
+    assert result.analysis is not None and result.plan is not None
+    feeds = feeds_for(lowered, batch=batch, seed=1)
+    expected = run(masked_reference(lowered, result.analysis, result.plan), feeds)
+    got = run(result.model, feeds)
+    assert max(rel_diff(e, g) for e, g in zip(expected, got, strict=True)) <= 1e-5
+    with torch.no_grad():
+        mine = result.to_torch().eval()(torch.from_numpy(feeds["x"]))
+    assert rel([got[0]], [mine.numpy()]) <= tolerance
 
 
 def torch_outputs(module: Any, feeds: dict[str, np.ndarray], names: list[str]) -> list[Any]:

@@ -14,7 +14,10 @@ groups freeze.
   attribute in Upsample-7; from opset 18 they may cover only the ``axes`` attribute. A listed
   axis under tf_crop_and_resize or a keep_aspect_ratio_policy other than stretch is changed.
   A constant ``sizes`` input is rewritten with the new channel counts.
-- Tile (opset >= 6): the axes repeated once are left alone.
+- Tile (opset >= 6): the axes repeated once are left alone. The repeats may be computed at run
+  time (``x.repeat(B, 1, 1)``: Concat(Unsqueeze(Shape(y)[0]), [1, 1])): an entry that reads as
+  the literal 1 (``dynamic_shape.entries``) is 1 whatever the run-time values; an entry read
+  from a run-time size (even one that is 1 at the example) is a tiled axis.
 - Expand: x is aligned to the output from the right; an axis whose target entry is 1, or equal
   to x's size, or absent is left alone (an entry equal to x's size is rewritten as the new size).
 """
@@ -27,7 +30,7 @@ import numpy as np
 
 from irprune.ir import Node, Value
 from irprune.passes.analysis.rules.base import NodeEdit, OpRule, RewriteView, const_ints
-from irprune.passes.analysis.rules.dynamic_shape import resize_sizes_kept
+from irprune.passes.analysis.rules.dynamic_shape import entries, resize_sizes_kept
 from irprune.passes.analysis.rules.slicing import ints_like
 
 if TYPE_CHECKING:
@@ -135,7 +138,7 @@ def _tile(ctx: Context, node: Node) -> None:
     x = node.required(0)
     if x.rank is None or not ctx.axes(x):
         return
-    repeats = const_ints(node.input(1)) if ctx.opset >= 6 else None
+    repeats = entries(node.input(1)) if ctx.opset >= 6 else None
     alone = {a for a, r in enumerate(repeats or ()) if r == 1}
     _pass_through(ctx, node, alone, "tiles a channel axis (or its repeats are not constant)")
 
